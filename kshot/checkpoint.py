@@ -1,0 +1,138 @@
+"""Run directories and checkpoints: safetensors weights plus JSON metadata, written atomically.
+
+A run directory holds
+
+* ``config.json``: method, method config, training config, data (dataset, split, image size,
+  item shape), seed and kshot version: everything needed to rebuild the learner;
+* ``best.safetensors`` / ``best.json``: the weights with the best validation accuracy so far;
+* ``last.safetensors`` / ``last.json``: the latest state (weights, optimiser state, step), for resume;
+* ``metrics.jsonl``: one JSON object per log line (``kind`` = ``train`` or ``val``).
+
+The metadata travels inside the safetensors header too (key ``kshot``), so a weights file is
+self-describing and the pair can never disagree; the ``.json`` beside it is a readable copy. Files
+are written to a temporary name and renamed, so a kill leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from kshot import __version__
+from kshot.data.store import atomic_path, atomic_write_bytes
+from kshot.errors import KShotError
+
+CONFIG = "config.json"
+
+
+def save_checkpoint(run_dir: str | Path, stem: str, tensors: dict[str, torch.Tensor],
+                    metadata: dict[str, Any]) -> Path:
+    """Write ``<stem>.safetensors`` (with ``metadata`` in its header) and ``<stem>.json``."""
+    run_dir = Path(run_dir)
+    metadata = {**metadata, "kshot_version": __version__}
+    text = json.dumps(metadata, sort_keys=True)
+    path = run_dir / f"{stem}.safetensors"
+    contiguous = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(contiguous, str(tmp), metadata={"kshot": text})
+    atomic_write_bytes(run_dir / f"{stem}.json", (json.dumps(metadata, indent=2) + "\n").encode())
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a checkpoint written by :func:`save_checkpoint`."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        tensors = load_file(str(path))
+        metadata = json.loads(header["kshot"])
+    except FileNotFoundError:
+        raise KShotError(f"{path} does not exist; train a model into {path.parent} first") from None
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise KShotError(f"{path} is not a readable kshot checkpoint ({exc}); retrain the run or "
+                         "restore the file") from None
+    return tensors, metadata
+
+
+def write_run_config(run_dir: str | Path, config: dict[str, Any]) -> None:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    payload = {**config, "kshot_version": __version__}
+    atomic_write_bytes(run_dir / CONFIG, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise KShotError(f"{run_dir} is not a kshot run directory (no {CONFIG}); pass the --out "
+                         "directory of a `kshot train` run")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KShotError(f"{path} is unreadable ({exc}); retrain the run") from None
+
+
+def learner_state(learner: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"model.{name}": tensor for name, tensor in learner.state_dict().items()}
+
+
+def load_learner_state(learner: torch.nn.Module, tensors: dict[str, torch.Tensor],
+                       source: str | Path) -> None:
+    """Load the ``model.*`` tensors into ``learner``; a mismatch is a user error, not a crash."""
+    state = {name[len("model."):]: t for name, t in tensors.items() if name.startswith("model.")}
+    expected = learner.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(n for n in set(state) & set(expected) if state[n].shape != expected[n].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(part for part in (
+            f"missing {missing[:3]}" if missing else "",
+            f"unexpected {unexpected[:3]}" if unexpected else "",
+            f"shape differs for {wrong[:3]}" if wrong else "") if part)
+        raise KShotError(f"checkpoint {source} does not match its config ({detail}); retrain the "
+                         "run, or fix the edited config.json")
+    learner.load_state_dict(state)
+
+
+def load_run(run_dir: str | Path, which: str = "best", method: str | None = None):
+    """Rebuild the learner of a run and load its ``best`` (or ``last``) weights.
+
+    Returns ``(learner, run_config, checkpoint_metadata)``. ``method`` (when given) must match the
+    run's method.
+    """
+    from kshot.methods.base import build_learner
+
+    run_config = read_run_config(run_dir)
+    if method is not None and run_config.get("method") != method:
+        raise KShotError(f"{run_dir} holds a {run_config.get('method')!r} run, not {method!r}; pass "
+                         f"a run directory of {method!r} or the matching method name")
+    item_shape = tuple(run_config["data"]["item_shape"])
+    learner = build_learner(run_config["method"], run_config["method_config"], item_shape)
+    path = Path(run_dir) / f"{which}.safetensors"
+    if not path.is_file() and which == "best":
+        path = Path(run_dir) / "last.safetensors"
+    tensors, metadata = load_checkpoint(path)
+    if metadata.get("method") not in (None, run_config["method"]):
+        raise KShotError(f"{path} is a {metadata.get('method')!r} checkpoint but {run_dir} is a "
+                         f"{run_config['method']!r} run; retrain the run")
+    load_learner_state(learner, tensors, path)
+    learner.eval()
+    return learner, run_config, metadata
+
+
+def load_run_backbone(run_dir: str | Path, item_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The trained backbone of another run (for kNN on a learned embedding)."""
+    learner, run_config, _ = load_run(run_dir)
+    if not hasattr(learner, "backbone"):
+        raise KShotError(f"{run_dir} ({run_config['method']}) has no backbone to embed with")
+    if tuple(run_config["data"]["item_shape"]) != tuple(item_shape):
+        raise KShotError(f"{run_dir} was trained on items of shape "
+                         f"{tuple(run_config['data']['item_shape'])}, not {tuple(item_shape)}; "
+                         "use the same --image-size")
+    return learner.backbone

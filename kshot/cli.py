@@ -1,0 +1,379 @@
+"""The ``kshot`` command: train, eval, predict, datasets, plot, demo.
+
+User errors end with one line on stderr (``kshot: error: ...``) and exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import os
+import sys
+import time
+from dataclasses import MISSING, asdict, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from kshot.errors import KShotError
+
+
+# -------------------------------------------------------------------------------- helpers
+def field_docs(config_type: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass (for --help)."""
+    try:
+        tree = ast.parse(inspect.getsource(config_type))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    docs, body = {}, tree.body[0].body
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)):
+            docs[node.target.id] = str(following.value.value)
+    return docs
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_type: type, prefix: str,
+                       skip: Sequence[str] = ()) -> None:
+    """One ``--option`` per dataclass field, typed from its default; dest = ``prefix + name``."""
+    docs = field_docs(config_type)
+    for f in fields(config_type):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        dest, metavar = prefix + f.name, f.name.upper()
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, dest=dest, nargs="+", type=type(default[0]) if default
+                                else int, default=None, metavar=metavar, help=help_text)
+        else:
+            parser.add_argument(flag, dest=dest, type=type(default), default=None, metavar=metavar,
+                                help=help_text)
+
+
+def collect_config(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """The options given on the command line for one config (those left out keep defaults)."""
+    return {key[len(prefix):]: value for key, value in vars(args).items()
+            if key.startswith(prefix) and value is not None}
+
+
+def set_threads(threads: int | None) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads or os.cpu_count() or 1))
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KShotError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return name
+
+
+def _print_json(record: dict[str, Any]) -> None:
+    print(json.dumps(record), flush=True)
+
+
+# -------------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from kshot.checkpoint import read_run_config, write_run_config
+    from kshot.datasets import load_dataset
+    from kshot.methods.base import build_learner, config_from_dict, config_to_dict, get_method
+    from kshot.train import TrainConfig, Trainer
+
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    method_cls = get_method(args.method)
+    existing = (out / "config.json").is_file()
+    if existing:
+        stored = read_run_config(out)
+        if stored.get("method") != args.method:
+            raise KShotError(f"{out} holds a {stored.get('method')!r} run, not {args.method!r}; "
+                             "choose another --out directory")
+        if not args.resume:
+            raise KShotError(f"{out} already holds a run; pass --resume to continue it or choose "
+                             "another --out directory")
+        method_config = config_from_dict(method_cls.Config, stored["method_config"])
+        train_config = config_from_dict(TrainConfig, stored["train_config"])
+        data = stored["data"]
+    else:
+        method_config = config_from_dict(method_cls.Config, collect_config(args, "m_"))
+        train_config = config_from_dict(TrainConfig, collect_config(args, "t_"))
+        data = {"dataset": args.dataset, "split": args.split, "image_size": args.image_size,
+                "rotations": args.rotations, "train_subset": args.train_on,
+                "folder": str(args.folder) if args.folder else None}
+    # everything that can fail on bad input happens before anything is written
+    common = dict(split=data["split"], image_size=data["image_size"], rotations=data["rotations"],
+                  data_dir=args.data_dir, folder=data["folder"], progress=not args.quiet)
+    train_data = load_dataset(data["dataset"], subset=data["train_subset"], **common)
+    val_data = load_dataset(data["dataset"], subset="val", **common) if data["dataset"] == "omniglot" \
+        else None
+    data["item_shape"] = list(train_data.item_shape)
+    torch.manual_seed(train_config.seed)
+    learner = build_learner(args.method, method_config, train_data.item_shape)
+    trainer = Trainer(learner, train_config, out, train_data, val_data, device=device,
+                      progress=not args.quiet)
+    trainer.learning_rate(0)  # validates the schedule name
+    if not existing:
+        write_run_config(out, {"method": args.method, "method_config": config_to_dict(method_config),
+                               "train_config": asdict(train_config), "data": data})
+    try:
+        summary = trainer.fit(resume=args.resume)
+    except KeyboardInterrupt as stop:
+        print(f"kshot: {stop or 'interrupted'}; continue with --resume", file=sys.stderr)
+        return 130
+    print(f"trained {args.method} for {summary['episodes']} episodes in "
+          f"{summary['elapsed_seconds']:.0f} s; best validation accuracy "
+          f"{max(summary['best_accuracy'], 0) * 100:.2f}%; run in {out}", file=sys.stderr)
+    return 0
+
+
+# -------------------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    from kshot.checkpoint import load_run
+    from kshot.data.episodes import EpisodeSampler
+    from kshot.datasets import load_dataset
+    from kshot.evaluate import evaluate, evaluate_lake_runs
+
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    learner, run_config, _ = load_run(args.run_dir)
+    learner.to(device)
+    data = run_config["data"]
+    if args.lake_runs:
+        result = evaluate_lake_runs(learner, image_size=learner.item_shape[-1],
+                                    data_dir=args.data_dir, device=device)
+        record = {"method": run_config["method"], "dataset": "omniglot", "split": "lake-runs",
+                  "ways": 20, "shots": 1, "episodes": 20, "error": round(result["error"], 3),
+                  "per_run": [round(e, 2) for e in result["per_run"]],
+                  "seconds": round(result["seconds"], 3)}
+        if args.json:
+            _print_json(record)
+        else:
+            print(f"Lake's 20 runs: error {result['error']:.2f}% "
+                  f"(per run: {', '.join(f'{e:.0f}' for e in result['per_run'])})")
+        return 0
+    dataset = args.dataset or data["dataset"]
+    split = args.split or (data["split"] if dataset == data["dataset"] else None)
+    test_data = load_dataset(dataset, split=split, subset="test", image_size=learner.item_shape[-1],
+                             rotations=data["rotations"] if dataset == data["dataset"] else None,
+                             data_dir=args.data_dir, folder=args.folder, progress=not args.json)
+    sampler = EpisodeSampler(test_data, args.ways, args.shots, args.queries, seed=args.seed)
+    report = evaluate(learner, sampler, args.episodes, batch_size=args.batch_size, device=device,
+                      progress=not args.json)
+    record = {"method": run_config["method"], "dataset": dataset, "split": split,
+              "ways": args.ways, "shots": args.shots, "episodes": args.episodes, "seed": args.seed,
+              "accuracy": round(report.accuracy * 100, 3), "ci95": round(report.ci95 * 100, 3),
+              "seconds": round(report.seconds, 3)}
+    if args.json:
+        _print_json(record)
+    else:
+        print(f"{run_config['method']} on {dataset}/{split}: {args.ways}-way {args.shots}-shot, "
+              f"{args.episodes} episodes: {report.accuracy * 100:.2f} ± {report.ci95 * 100:.2f}% "
+              f"({report.episodes_per_second:.0f} episodes/s)")
+    return 0
+
+
+# -------------------------------------------------------------------------------- predict
+def cmd_predict(args: argparse.Namespace) -> int:
+    from kshot.classifier import FewShotClassifier
+    from kshot.data.folder import load_folder, load_images
+
+    set_threads(args.threads)
+    classifier = FewShotClassifier.from_run(args.run_dir, resolve_device(args.device))
+    size = classifier.learner.item_shape[-1]
+    support = load_folder(args.support, size, invert=args.invert)
+    queries = load_images(args.images, size, invert=args.invert)
+    classifier.fit(support.images, [support.class_names[i] for i in support.labels.tolist()])
+    probabilities = classifier.predict_proba(queries)
+    for path, row in zip(args.images, probabilities):
+        best = int(row.argmax())
+        label, probability = str(classifier.classes_[best]), float(row[best])
+        if args.json:
+            _print_json({"image": str(path), "label": label, "probability": round(probability, 4)})
+        else:
+            print(f"{path}\t{label}\t{probability:.3f}")
+    return 0
+
+
+# -------------------------------------------------------------------------------- datasets
+def _check_file(path: Path, name: str) -> bool | str:
+    """True when a present data file passes its structural check, else the problem."""
+    from kshot.data.omniglot import check_archive
+
+    if not name.startswith("mnist"):
+        return check_archive(path, name)
+    from kshot.data.mnist import read_idx
+
+    try:
+        read_idx(path)
+    except KShotError as error:
+        return str(error)
+    return True
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from kshot.data.store import cache_dir, data_dir
+    from kshot.data.omniglot import ARCHIVES, LAKE_RUNS
+
+    root, cache = data_dir(args.data_dir), cache_dir()
+    rows = []
+    resources = [(name, spec[0]) for name, spec in ARCHIVES.items()] + [("all_runs", LAKE_RUNS)]
+    try:
+        from kshot.data.mnist import MNIST_RESOURCES
+
+        resources += [(f"mnist {subset} {kind}", resource)
+                      for subset, pair in MNIST_RESOURCES.items() for kind, resource in pair.items()]
+    except ImportError:
+        pass
+    for name, resource in resources:
+        path = root / resource.filename
+        present = path.is_file()
+        verified = _check_file(path, name) if present else None
+        stem = Path(resource.filename).name.split(".")[0]
+        cached = sorted(p.name for p in cache.glob(f"*{stem}*.npz")) if cache.is_dir() else []
+        rows.append({"name": name, "file": str(path), "present": present, "verified": verified,
+                     "cached": cached})
+    if args.json:
+        for row in rows:
+            _print_json(row)
+        return 0
+    print(f"data dir: {root}\ncache dir: {cache}")
+    for row in rows:
+        state = "missing (downloaded on first use)" if not row["present"] else (
+            "present, structure ok" if row["verified"] is True else f"present, {row['verified']}")
+        cached = f"; cached: {', '.join(row['cached'])}" if row["cached"] else ""
+        print(f"  {row['name']:<28} {state}{cached}")
+    return 0
+
+
+# -------------------------------------------------------------------------------- plot / demo
+def cmd_plot(args: argparse.Namespace) -> int:
+    from kshot.plots import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kshot.demos import KnnVsMlpConfig, format_knn_vs_mlp, knn_vs_mlp, plot_iris_3d
+
+    config = KnnVsMlpConfig(draws=args.draws, seed=args.seed)
+    started = time.perf_counter()
+    result = knn_vs_mlp(config)
+    print(format_knn_vs_mlp(result))
+    plot = plot_iris_3d(args.plot, seed=args.seed)
+    print(f"\n{config.draws} draws in {time.perf_counter() - started:.1f} s; 3-D plot: {plot}")
+    return 0
+
+
+# -------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from kshot import __version__
+    from kshot.datasets import DATASETS
+    from kshot.methods.base import get_method, METHODS
+    from kshot.train import TrainConfig
+
+    get_method("protonet")  # registers every method
+    parser = argparse.ArgumentParser(prog="kshot", description="One-shot and few-shot learning.")
+    parser.add_argument("--version", action="version", version=f"kshot {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def runtime(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--data-dir", help="folder of the official archives (default: "
+                         "$KSHOT_DATA_DIR, else a user cache dir)")
+        sub.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+        sub.add_argument("--device", default="cpu", help="cpu or cuda")
+
+    train = commands.add_parser("train", help="train a method episodically")
+    methods = train.add_subparsers(dest="method", required=True, metavar="method")
+    for name, cls in sorted(METHODS.items()):
+        sub = methods.add_parser(name, help=(cls.__doc__ or name).strip().split("\n")[0])
+        sub.add_argument("--dataset", default="omniglot", choices=DATASETS)
+        sub.add_argument("--split", default=None, help="omniglot: vinyals or lake; mnist: test/train")
+        sub.add_argument("--image-size", type=int, default=28)
+        sub.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
+                         help="rotated characters as extra classes (default: on for vinyals)")
+        sub.add_argument("--train-on", default="train", choices=["train", "trainval"])
+        sub.add_argument("--folder", help="root of --dataset folder")
+        sub.add_argument("--out", required=True, help="run directory")
+        sub.add_argument("--resume", action="store_true", help="continue the run in --out")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+        runtime(sub)
+        add_config_options(sub, TrainConfig, "t_")
+        add_config_options(sub, cls.Config, "m_")
+        sub.set_defaults(func=cmd_train)
+
+    ev = commands.add_parser("eval", help="score a run's best checkpoint on test episodes")
+    ev.add_argument("run_dir")
+    ev.add_argument("--ways", type=int, default=5)
+    ev.add_argument("--shots", type=int, default=1)
+    ev.add_argument("--queries", type=int, default=15)
+    ev.add_argument("--episodes", type=int, default=1000)
+    ev.add_argument("--seed", type=int, default=123)
+    ev.add_argument("--batch-size", type=int, default=16, help="episodes per forward pass")
+    ev.add_argument("--lake-runs", action="store_true", help="Lake's 20 one-shot runs instead")
+    ev.add_argument("--dataset", choices=DATASETS, help="score on another data set (transfer)")
+    ev.add_argument("--split", help="split of --dataset")
+    ev.add_argument("--folder", help="root of --dataset folder")
+    ev.add_argument("--json", action="store_true", help="print one JSON line")
+    runtime(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    pr = commands.add_parser("predict", help="classify images given a folder of labelled examples")
+    pr.add_argument("run_dir")
+    pr.add_argument("--support", required=True, help="folder of class sub-folders")
+    pr.add_argument("images", nargs="+", help="query images")
+    pr.add_argument("--invert", default="auto", choices=["auto", "yes", "no"],
+                    help="invert dark-on-light images (auto: per image)")
+    pr.add_argument("--json", action="store_true")
+    runtime(pr)
+    pr.set_defaults(func=cmd_predict)
+
+    ds = commands.add_parser("datasets", help="what is present, verified and cached")
+    ds.add_argument("--data-dir")
+    ds.add_argument("--json", action="store_true")
+    ds.set_defaults(func=cmd_datasets)
+
+    pl = commands.add_parser("plot", help="training curves of a run to PNG")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", help="PNG path (default: <run-dir>/curves.png)")
+    pl.set_defaults(func=cmd_plot)
+
+    demo = commands.add_parser("demo", help="the book's demos")
+    demos = demo.add_subparsers(dest="demo", required=True)
+    knn = demos.add_parser("knn-vs-mlp", help="chapter 1: kNN vs a small MLP on 30 iris points")
+    knn.add_argument("--draws", type=int, default=200)
+    knn.add_argument("--seed", type=int, default=0)
+    knn.add_argument("--plot", default="iris_3d.png", help="where to save the 3-D scatter plot")
+    knn.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "invert", None) in ("yes", "no"):
+        args.invert = args.invert == "yes"
+    try:
+        return args.func(args)
+    except KShotError as error:
+        message = " ".join(str(error).split())
+        print(f"kshot: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kshot: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Episodes: N-way K-shot tasks drawn from a ClassDataset.
+
+An episode draws ``n_way`` classes, then ``k_shot + n_query`` distinct items of each; the first
+``k_shot`` are the support set, the rest the queries. Labels are ``0..n_way-1`` in the order the
+classes were drawn. Episode ``i`` of a sampler with seed ``s`` is a pure function of ``(s, i)``, so
+every method is scored on the same evaluation episodes, and a resumed training run sees exactly the
+episodes it would have seen without the interruption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from kshot.data.dataset import ClassDataset
+from kshot.errors import KShotError
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One N-way K-shot task, or a batch of them stacked along a leading dimension.
+
+    ``support_x [N*K, C, H, W]`` (float, class-major: items of class 0 first), ``support_y [N*K]``,
+    ``query_x [N*Q, C, H, W]``, ``query_y [N*Q]``; batched: ``[B, N*K, ...]`` and so on.
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    n_way: int
+    k_shot: int
+
+    @property
+    def n_query(self) -> int:
+        return self.query_y.shape[-1] // self.n_way
+
+    @property
+    def batched(self) -> bool:
+        return self.support_y.ndim == 2
+
+    def to(self, device: torch.device | str) -> "Episode":
+        return Episode(self.support_x.to(device), self.support_y.to(device),
+                       self.query_x.to(device), self.query_y.to(device), self.n_way, self.k_shot)
+
+    @staticmethod
+    def stack(episodes: Sequence["Episode"]) -> "Episode":
+        """Stack episodes of the same shape into one batched episode."""
+        first = episodes[0]
+        if any((e.n_way, e.k_shot, e.query_y.shape) != (first.n_way, first.k_shot, first.query_y.shape)
+               for e in episodes):
+            raise KShotError("only episodes of the same way, shot and query count can be stacked")
+        tensors = {f.name: torch.stack([getattr(e, f.name) for e in episodes])
+                   for f in fields(Episode) if f.name.endswith(("_x", "_y"))}
+        return Episode(n_way=first.n_way, k_shot=first.k_shot, **tensors)
+
+    def unbatch(self) -> list["Episode"]:
+        if not self.batched:
+            return [self]
+        return [Episode(self.support_x[b], self.support_y[b], self.query_x[b], self.query_y[b],
+                        self.n_way, self.k_shot) for b in range(self.support_y.shape[0])]
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """The RNG seed of episode ``index`` of a sampler seeded ``seed`` (well mixed, 63 bits)."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index)]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot episodes from ``dataset``; episode ``i`` depends only on ``(seed, i)``.
+
+    Iterating yields ``episodes`` episodes (indices ``start .. start+episodes-1``), or never stops
+    when ``episodes`` is ``None``. ``batch(indices)`` builds a stacked batch of episodes at once.
+    """
+
+    def __init__(
+        self,
+        dataset: ClassDataset,
+        n_way: int,
+        k_shot: int,
+        n_query: int,
+        seed: int = 0,
+        episodes: int | None = None,
+        start: int = 0,
+    ) -> None:
+        for name, value, low in (("n_way", n_way, 1), ("k_shot", k_shot, 1), ("n_query", n_query, 0)):
+            if not isinstance(value, (int, np.integer)) or value < low:
+                raise KShotError(f"{name} must be an integer >= {low}, got {value!r}")
+        per_class = k_shot + n_query
+        eligible = torch.nonzero(dataset.sizes >= per_class).flatten()
+        if len(eligible) < n_way:
+            if dataset.n_classes < n_way:
+                raise KShotError(
+                    f"n_way={n_way} is larger than the {dataset.n_classes} classes of {dataset.name}; "
+                    f"use --ways {dataset.n_classes} or fewer"
+                )
+            raise KShotError(
+                f"k_shot + n_query = {per_class} is larger than the images per class of "
+                f"{dataset.name} (only {len(eligible)} classes have {per_class}, the largest has "
+                f"{int(dataset.sizes.max())}); lower --shots or --queries"
+            )
+        self.dataset = dataset
+        self.n_way, self.k_shot, self.n_query = int(n_way), int(k_shot), int(n_query)
+        self.seed, self.episodes, self.start = int(seed), episodes, int(start)
+        self._eligible = eligible
+        self._max_size = int(dataset.sizes[eligible].max())
+        # [eligible, max_size]: True where a class has no item at that position
+        self._padding = torch.arange(self._max_size) >= dataset.sizes[eligible].unsqueeze(1)
+
+    def __len__(self) -> int:
+        if self.episodes is None:
+            raise TypeError("an endless sampler has no length")
+        return self.episodes
+
+    def __iter__(self) -> Iterator[Episode]:
+        index = self.start
+        while self.episodes is None or index < self.start + self.episodes:
+            yield self.episode(index)
+            index += 1
+
+    def item_indices(self, index: int) -> torch.Tensor:
+        """Dataset item indices of episode ``index``: ``int64 [n_way, k_shot + n_query]``."""
+        generator = torch.Generator().manual_seed(episode_seed(self.seed, index))
+        chosen = self._eligible[torch.randperm(len(self._eligible), generator=generator)[: self.n_way]]
+        # a random order of each chosen class's items; padding positions sort last
+        keys = torch.rand(self.n_way, self._max_size, generator=generator)
+        keys.masked_fill_(self._padding[torch.searchsorted(self._eligible, chosen)], 2.0)
+        positions = keys.argsort(dim=1)[:, : self.k_shot + self.n_query]
+        return self.dataset.offsets[chosen].unsqueeze(1) + positions
+
+    def episode(self, index: int) -> Episode:
+        return self._build(self.item_indices(index).unsqueeze(0), batched=False)
+
+    def batch(self, indices: Sequence[int]) -> Episode:
+        """Episodes ``indices`` stacked into one batched Episode (one gather, one float conversion)."""
+        return self._build(torch.stack([self.item_indices(i) for i in indices]), batched=True)
+
+    def _build(self, items: torch.Tensor, batched: bool) -> Episode:
+        # items: [B, n_way, k_shot + n_query]
+        n_batch = items.shape[0]
+        support_items = items[:, :, : self.k_shot].reshape(n_batch, -1)
+        query_items = items[:, :, self.k_shot :].reshape(n_batch, -1)
+        to_float = self.dataset.to_float
+        support_x = to_float(self.dataset.images[support_items])
+        query_x = to_float(self.dataset.images[query_items])
+        labels = torch.arange(self.n_way)
+        support_y = labels.repeat_interleave(self.k_shot).expand(n_batch, -1)
+        query_y = labels.repeat_interleave(self.n_query).expand(n_batch, -1)
+        if not batched:
+            return Episode(support_x[0], support_y[0].clone(), query_x[0], query_y[0].clone(),
+                           self.n_way, self.k_shot)
+        return Episode(support_x, support_y.clone(), query_x, query_y.clone(), self.n_way, self.k_shot)

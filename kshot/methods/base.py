@@ -1,0 +1,106 @@
+"""The learner contract every method follows, and the registry of methods by name.
+
+A learner is an ``nn.Module`` with
+
+* ``forward(support_x, support_y, query_x) -> logits [Q, N]`` (or ``[B, Q, N]`` for a batch of
+  episodes stacked along a leading dimension), and
+* ``loss(episode) -> (loss, metrics)``: cross-entropy of those logits unless the method says
+  otherwise; ``metrics`` holds plain floats (``loss``, ``accuracy``) for logging.
+
+Each method lives in one file with its config dataclass; ``Config`` fields carry the paper's
+defaults and build both the CLI options and the checkpoint metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kshot.data.episodes import Episode
+from kshot.errors import KShotError
+
+
+class Learner(nn.Module):
+    """Base class: holds the config and the item shape; subclasses implement ``forward``."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+
+    def __init__(self, config: Any, item_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.config = config
+        self.item_shape = tuple(int(s) for s in item_shape)
+
+    def loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self(episode.support_x, episode.support_y, episode.query_x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), episode.query_y.reshape(-1))
+        return loss, {"loss": float(loss.detach()), "accuracy": accuracy(logits, episode.query_y)}
+
+    @property
+    def trainable(self) -> bool:
+        """Whether there is anything for the Trainer to optimise."""
+        return any(p.requires_grad for p in self.parameters())
+
+    def check_items(self, items: torch.Tensor, batched: bool) -> None:
+        shape = tuple(items.shape[2:] if batched else items.shape[1:])
+        if shape != self.item_shape:
+            raise KShotError(f"{self.name} was built for items of shape {self.item_shape}, got "
+                             f"{shape}; resize the images to the run's image size")
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of queries whose arg-max logit is the true label."""
+    return float((logits.argmax(-1) == labels).float().mean())
+
+
+def episode_accuracies(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Accuracy of each episode of a batch: ``logits [B, Q, N]``, ``labels [B, Q]`` -> ``[B]``."""
+    return (logits.argmax(-1) == labels).float().mean(-1)
+
+
+def config_from_dict(config_type: type, values: dict[str, Any]) -> Any:
+    """Build a config dataclass from a dict, rejecting unknown keys with a clear message."""
+    names = {f.name for f in fields(config_type)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise KShotError(f"unknown option(s) {unknown} for {config_type.__name__}; known: "
+                         f"{sorted(names)}")
+    converted = {}
+    for f in fields(config_type):
+        if f.name in values:
+            value = values[f.name]
+            converted[f.name] = tuple(value) if isinstance(value, list) else value
+    return config_type(**converted)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return asdict(config)
+
+
+METHODS: dict[str, type[Learner]] = {}
+
+
+def register(cls: type[Learner]) -> type[Learner]:
+    """Class decorator: make a learner available by its ``name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Learner]:
+    import kshot.methods  # noqa: F401  (registers every method)
+
+    if name not in METHODS:
+        raise KShotError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def build_learner(name: str, config: dict[str, Any] | Any, item_shape: tuple[int, ...]) -> Learner:
+    """A learner by method name, from its config (a dataclass or a dict of its fields)."""
+    cls = get_method(name)
+    if isinstance(config, dict):
+        config = config_from_dict(cls.Config, config)
+    return cls(config, item_shape)

@@ -1,0 +1,83 @@
+"""k-nearest neighbours: the non-parametric one-shot baseline (the book's chapter 1).
+
+A query takes the majority label of its ``k`` nearest support items, on raw pixels or on the
+embedding of a trained run (``embedding_run``: the backbone of that run, frozen). Ties between
+classes go to the class with the nearer neighbour. Logits are log vote shares, so
+``softmax(logits)`` is the share of the ``k`` votes each class got.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kshot.errors import KShotError
+from kshot.methods.base import Learner, register
+from kshot.nn.backbones import build_backbone
+
+
+@dataclass
+class KNNConfig:
+    k: int = 1
+    """Neighbours that vote (clipped to the support size)."""
+    metric: str = "euclidean"
+    """euclidean or cosine."""
+    backbone: str = "pixels"
+    """Feature space: pixels, or the backbone named by the embedding run."""
+    embedding_run: str = ""
+    """Run directory whose trained backbone embeds the items (empty: use ``backbone``)."""
+    hidden: int = 64
+    """Channels of a conv4 backbone (taken from the embedding run when there is one)."""
+
+
+@register
+class KNN(Learner):
+    name = "knn"
+    Config = KNNConfig
+
+    def __init__(self, config: KNNConfig, item_shape: tuple[int, ...]) -> None:
+        super().__init__(config, item_shape)
+        if config.k < 1:
+            raise KShotError(f"k must be at least 1, got {config.k}")
+        if config.metric not in ("euclidean", "cosine"):
+            raise KShotError(f"unknown metric {config.metric!r}; use euclidean or cosine")
+        if config.embedding_run:
+            from kshot.checkpoint import load_run_backbone
+
+            self.backbone = load_run_backbone(config.embedding_run, item_shape)
+        else:
+            options = {"hidden": config.hidden} if config.backbone == "conv4" else {}
+            self.backbone = build_backbone(config.backbone, item_shape, **options)
+        self.backbone.requires_grad_(False)
+
+    def forward(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                query_x: torch.Tensor) -> torch.Tensor:
+        batched = support_y.ndim == 2
+        self.check_items(support_x, batched)
+        if not batched:
+            support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
+        n_batch, n_support = support_y.shape
+        n_way = int(support_y.max()) + 1
+        embeddings = self.backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
+        support_emb = embeddings[: n_batch * n_support].view(n_batch, n_support, -1)
+        query_emb = embeddings[n_batch * n_support :].view(n_batch, query_x.shape[1], -1)
+        if self.config.metric == "cosine":
+            distances = 1 - F.normalize(query_emb, dim=-1) @ F.normalize(support_emb, dim=-1).mT
+        else:
+            distances = torch.cdist(query_emb, support_emb)  # [B, Q, S]
+        k = min(self.config.k, n_support)
+        nearest = distances.topk(k, dim=-1, largest=False).indices  # [B, Q, k], nearest first
+        neighbour_labels = torch.gather(support_y.unsqueeze(1).expand(-1, query_x.shape[1], -1),
+                                        2, nearest)
+        # one vote per neighbour, plus a tie-breaking bonus far below one vote for nearer ones
+        weights = 1 + 1e-3 * torch.arange(k, 0, -1, dtype=distances.dtype, device=distances.device) / k
+        votes = torch.zeros(*nearest.shape[:2], n_way, dtype=distances.dtype, device=distances.device)
+        votes.scatter_add_(2, neighbour_labels, weights.expand_as(nearest).contiguous())
+        logits = torch.log(votes / votes.sum(-1, keepdim=True) + 1e-6)
+        return logits if batched else logits[0]
+
+    def loss(self, episode):
+        raise KShotError("knn has nothing to train; use `kshot train knn` with --episodes 0 "
+                         "(it only records its configuration) and evaluate it")

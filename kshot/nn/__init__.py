@@ -1,0 +1,1 @@
+"""Shared network pieces: backbones (and, later, memory addressing)."""

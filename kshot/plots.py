@@ -1,0 +1,224 @@
+"""Training curves of a run, drawn from the metrics file the Trainer writes.
+
+``run_dir/metrics.jsonl`` holds one JSON object per line. ``"kind": "train"`` lines carry
+``step``, ``episodes``, ``seconds``, ``loss`` and ``accuracy``; ``"kind": "val"`` lines carry
+``step``, ``episodes``, ``seconds``, ``accuracy`` and ``ci95``. :func:`plot_run` turns them into a
+two-panel PNG: training loss (raw, faint, plus a running mean) and train / validation accuracy
+(validation with its 95% confidence interval as error bars), both against episodes seen.
+
+Figures are drawn with matplotlib's Agg canvas directly (no ``pyplot`` global state, no display
+needed) and written atomically, so a reader never sees half a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from kshot.errors import KShotError
+
+__all__ = ["plot_run"]
+
+_TRAIN_KEYS = ("step", "episodes", "seconds", "loss", "accuracy")
+_VAL_KEYS = ("step", "episodes", "seconds", "accuracy", "ci95")
+
+
+@dataclass
+class _RunMetrics:
+    """The well-formed records of one metrics file, split by kind, each a list of dicts."""
+
+    train: list[dict[str, float]] = field(default_factory=list)
+    val: list[dict[str, float]] = field(default_factory=list)
+
+
+def _as_number(value: object) -> float | None:
+    """``value`` as a float if it is a JSON number (not a bool), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _parse_record(line: str, required_keys: dict[str, tuple[str, ...]]) -> tuple[str, dict] | None:
+    """Parse one metrics line; ``None`` for anything malformed, unknown or incomplete."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    kind = record.get("kind")
+    if kind not in required_keys:
+        return None
+    values = {}
+    for key in required_keys[kind]:
+        number = _as_number(record.get(key))
+        if number is None:
+            return None
+        values[key] = number
+    return kind, values
+
+
+def read_metrics(run_dir: str | os.PathLike) -> _RunMetrics:
+    """Read ``run_dir/metrics.jsonl``, skipping malformed lines (e.g. a half line a kill left).
+
+    Raises:
+        KShotError: the file is missing or holds no usable train/val record.
+    """
+    metrics_path = Path(run_dir) / "metrics.jsonl"
+    missing = KShotError(f"{Path(run_dir)} has no metrics.jsonl; train a model into it first")
+    if not metrics_path.is_file():
+        raise missing
+    metrics = _RunMetrics()
+    required_keys = {"train": _TRAIN_KEYS, "val": _VAL_KEYS}
+    with metrics_path.open("r", encoding="utf-8", errors="replace") as metrics_file:
+        for line in metrics_file:
+            if not line.strip():
+                continue
+            parsed = _parse_record(line, required_keys)
+            if parsed is None:
+                continue
+            kind, values = parsed
+            getattr(metrics, kind).append(values)
+    if not metrics.train and not metrics.val:
+        raise missing
+    return metrics
+
+
+def running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing running mean of ``values`` over ``window`` points (shorter at the start).
+
+    Element ``i`` is the mean of ``values[max(0, i - window + 1) : i + 1]``; NaNs are ignored
+    (an element whose whole window is NaN stays NaN).
+    """
+    if window < 1:
+        raise KShotError(f"running-mean window must be >= 1, got {window}")
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    cumulative_sum = np.concatenate([[0.0], np.cumsum(np.where(finite, values, 0.0))])
+    cumulative_count = np.concatenate([[0], np.cumsum(finite)])
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(0, ends - window)
+    counts = cumulative_count[ends] - cumulative_count[starts]
+    sums = cumulative_sum[ends] - cumulative_sum[starts]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def save_figure_atomically(figure: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save ``figure`` as a PNG at ``path`` via a temp file in the same folder and ``os.replace``.
+
+    The parent folder is created if needed; on failure the temp file is removed and ``path`` is
+    left as it was.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)  # attach an Agg canvas: no display, no pyplot state
+    file_descriptor, temp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+    )
+    try:
+        with os.fdopen(file_descriptor, "wb") as temp_file:
+            figure.savefig(temp_file, format="png", dpi=dpi)
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Draw a run's training curves from ``run_dir/metrics.jsonl`` into a PNG.
+
+    Left panel: training loss against episodes, raw (faint) and as a running mean. Right panel:
+    training accuracy (raw faint, running mean) and validation accuracy with 95% CI error bars.
+
+    Args:
+        run_dir: the run folder the Trainer wrote ``metrics.jsonl`` into.
+        out: where to write the PNG; default ``run_dir/curves.png``.
+
+    Returns:
+        The path of the written PNG.
+
+    Raises:
+        KShotError: ``metrics.jsonl`` is missing or holds no usable record.
+    """
+    run_path = Path(run_dir)
+    metrics = read_metrics(run_path)
+    out_path = Path(out) if out is not None else run_path / "curves.png"
+
+    figure = Figure(figsize=(11, 4.2))
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    figure.suptitle(f"run: {run_path.resolve().name}")
+
+    if metrics.train:
+        train_episodes = np.array([record["episodes"] for record in metrics.train])
+        train_loss = np.array([record["loss"] for record in metrics.train])
+        train_accuracy = np.array([record["accuracy"] for record in metrics.train])
+        window = max(1, min(50, len(metrics.train) // 10))
+        loss_axes.plot(train_episodes, train_loss, color="tab:blue", alpha=0.25, linewidth=0.8,
+                       label="loss")
+        loss_axes.plot(train_episodes, running_mean(train_loss, window), color="tab:blue",
+                       linewidth=1.8, label=f"running mean of {window}")
+        accuracy_axes.plot(train_episodes, train_accuracy, color="tab:orange", alpha=0.25,
+                           linewidth=0.8)
+        accuracy_axes.plot(train_episodes, running_mean(train_accuracy, window),
+                           color="tab:orange", linewidth=1.8,
+                           label=f"train (running mean of {window})")
+        last = metrics.train[-1]
+        loss_axes.set_title(
+            f"training loss ({int(last['step'])} steps, {_format_seconds(last['seconds'])})"
+        )
+        loss_axes.legend(loc="upper right")
+    else:
+        loss_axes.set_title("training loss")
+        loss_axes.text(0.5, 0.5, "no training records", ha="center", va="center",
+                       transform=loss_axes.transAxes, color="gray")
+
+    if metrics.val:
+        val_episodes = np.array([record["episodes"] for record in metrics.val])
+        val_accuracy = np.array([record["accuracy"] for record in metrics.val])
+        val_ci95 = np.array([record["ci95"] for record in metrics.val])
+        best_index = int(np.nanargmax(val_accuracy)) if np.isfinite(val_accuracy).any() else -1
+        accuracy_axes.errorbar(val_episodes, val_accuracy, yerr=val_ci95, color="tab:green",
+                               marker="o", markersize=3.5, capsize=3, linewidth=1.4,
+                               label="validation (95% CI)")
+        if best_index >= 0:
+            accuracy_axes.annotate(
+                f"best {val_accuracy[best_index]:.3f}",
+                (val_episodes[best_index], val_accuracy[best_index]),
+                textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8,
+                color="tab:green",
+            )
+    accuracy_axes.set_title("accuracy")
+    if metrics.train or metrics.val:
+        accuracy_axes.legend(loc="lower right")
+
+    for axes in (loss_axes, accuracy_axes):
+        axes.set_xlabel("episodes")
+        axes.grid(True, alpha=0.3)
+    loss_axes.set_ylabel("cross-entropy loss")
+    accuracy_axes.set_ylabel("accuracy")
+    figure.tight_layout()
+    return save_figure_atomically(figure, out_path)
+
+
+def _format_seconds(seconds: float) -> str:
+    """Wall time as ``'42s'``, ``'3m05s'`` or ``'1h02m'``."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

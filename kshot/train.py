@@ -1,0 +1,267 @@
+"""One episodic Trainer for every learner.
+
+Meta-batches of episodes, Adam with a step or cosine schedule, periodic validation on fixed
+episodes, the best checkpoint kept, a progress bar, a JSONL metrics file, and resume: the state is
+checkpointed every ``checkpoint_every_s`` seconds, at every validation, and when the process gets
+SIGINT/SIGTERM; because episode ``i`` is a pure function of ``(seed, i)``, a resumed run sees exactly
+the episodes the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kshot.checkpoint import (learner_state, load_checkpoint, load_learner_state, save_checkpoint)
+from kshot.data.dataset import ClassDataset
+from kshot.data.episodes import EpisodeSampler
+from kshot.data.store import atomic_write_bytes
+from kshot.errors import KShotError
+from kshot.evaluate import evaluate
+from kshot.methods.base import Learner
+
+
+@dataclass
+class TrainConfig:
+    episodes: int = 20000
+    """Training episodes in all (optimiser steps × meta_batch)."""
+    ways: int = 60
+    """Classes per training episode (Snell et al.: 60)."""
+    shots: int = 1
+    """Support images per class in training episodes."""
+    queries: int = 5
+    """Query images per class in training episodes."""
+    meta_batch: int = 1
+    """Episodes per optimiser step."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    weight_decay: float = 0.0
+    """Adam weight decay."""
+    schedule: str = "step"
+    """step (multiply by lr_decay every decay_every episodes), cosine, or constant."""
+    decay_every: int = 2000
+    """Episodes between learning-rate decays of the step schedule (Snell et al.: 2000)."""
+    lr_decay: float = 0.5
+    """Factor of each step decay."""
+    val_every: int = 500
+    """Episodes between validations."""
+    val_episodes: int = 200
+    """Fixed validation episodes per validation."""
+    val_ways: int = 5
+    """Way of the validation episodes."""
+    val_shots: int = 1
+    """Shot of the validation episodes."""
+    val_queries: int = 15
+    """Queries per class of the validation episodes."""
+    time_budget: float = 0.0
+    """Stop after this many seconds of training in all, resumes included (0: no limit)."""
+    checkpoint_every_s: float = 60.0
+    """Seconds between resume checkpoints."""
+    log_every: int = 100
+    """Episodes between lines of the metrics file."""
+    seed: int = 0
+    """Seed of the training episodes and of the weight initialisation."""
+
+
+VAL_SEED_OFFSET = 1_000_003  # validation episodes use seed + this: fixed, disjoint from training
+
+
+class Trainer:
+    """Trains ``learner`` on episodes of ``train_data``, validating on ``val_data``, into ``run_dir``."""
+
+    def __init__(self, learner: Learner, config: TrainConfig, run_dir: str | Path,
+                 train_data: ClassDataset, val_data: ClassDataset | None = None,
+                 device: str | torch.device = "cpu", progress: bool = True) -> None:
+        self.learner = learner.to(device)
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        self.progress = progress
+        self.train_sampler = EpisodeSampler(train_data, config.ways, config.shots, config.queries,
+                                            seed=config.seed)
+        self.val_sampler = None
+        if val_data is not None and config.val_episodes > 0:
+            self.val_sampler = EpisodeSampler(val_data, config.val_ways, config.val_shots,
+                                              config.val_queries, seed=config.seed + VAL_SEED_OFFSET)
+        self.optimizer = None
+        if learner.trainable:
+            self.optimizer = torch.optim.Adam(
+                [p for p in learner.parameters() if p.requires_grad], lr=config.lr,
+                weight_decay=config.weight_decay)
+        self.step = 0
+        self.best_accuracy = -1.0
+        self.elapsed = 0.0
+        self._stop_signal: int | None = None
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(self.config.episodes / self.config.meta_batch)
+
+    def learning_rate(self, step: int) -> float:
+        config, episodes = self.config, step * self.config.meta_batch
+        if config.schedule == "constant":
+            return config.lr
+        if config.schedule == "cosine":
+            return config.lr * 0.5 * (1 + math.cos(math.pi * min(episodes / config.episodes, 1.0)))
+        if config.schedule == "step":
+            return config.lr * config.lr_decay ** (episodes // max(config.decay_every, 1))
+        raise KShotError(f"unknown schedule {config.schedule!r}; use step, cosine or constant")
+
+    # ----------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, torch.Tensor]:
+        tensors = learner_state(self.learner)
+        if self.optimizer is not None:
+            for index, state in self.optimizer.state_dict()["state"].items():
+                for key, value in state.items():
+                    tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
+        tensors["rng.torch"] = torch.get_rng_state()
+        return tensors
+
+    def _metadata(self, finished: bool) -> dict[str, Any]:
+        return {"method": self.learner.name, "step": self.step,
+                "episodes": self.step * self.config.meta_batch, "best_accuracy": self.best_accuracy,
+                "elapsed_seconds": round(self.elapsed, 3), "finished": finished,
+                "train_config": asdict(self.config)}
+
+    def save_last(self, finished: bool = False) -> None:
+        save_checkpoint(self.run_dir, "last", self._state(), self._metadata(finished))
+
+    def resume(self) -> bool:
+        """Restore the last checkpoint of ``run_dir``; False when there is none."""
+        path = self.run_dir / "last.safetensors"
+        if not path.is_file():
+            return False
+        tensors, metadata = load_checkpoint(path)
+        if metadata.get("method") != self.learner.name:
+            raise KShotError(f"{path} is a {metadata.get('method')!r} checkpoint, not "
+                             f"{self.learner.name!r}; use another --out directory")
+        load_learner_state(self.learner, tensors, path)
+        if self.optimizer is not None:
+            state = self.optimizer.state_dict()
+            for name, tensor in tensors.items():
+                if name.startswith("optim."):
+                    _, index, key = name.split(".", 2)
+                    state["state"].setdefault(int(index), {})[key] = tensor
+            self.optimizer.load_state_dict(state)
+        if "rng.torch" in tensors:
+            torch.set_rng_state(tensors["rng.torch"])
+        self.step = int(metadata["step"])
+        self.best_accuracy = float(metadata["best_accuracy"])
+        self.elapsed = float(metadata["elapsed_seconds"])
+        self._truncate_metrics(self.step * self.config.meta_batch)
+        return True
+
+    def _truncate_metrics(self, episodes: int) -> None:
+        """Drop metrics lines logged after the checkpoint we resume from (they will be redone)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["episodes"] <= episodes:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    # ----------------------------------------------------------------------------------------
+    def validate(self) -> float | None:
+        if self.val_sampler is None:
+            return None
+        report = evaluate(self.learner, self.val_sampler, self.config.val_episodes,
+                          device=self.device)
+        episodes = self.step * self.config.meta_batch
+        self._log({"kind": "val", "step": self.step, "episodes": episodes,
+                   "seconds": round(self.elapsed, 3), "accuracy": report.accuracy,
+                   "ci95": report.ci95})
+        if report.accuracy > self.best_accuracy:
+            self.best_accuracy = report.accuracy
+            save_checkpoint(self.run_dir, "best", learner_state(self.learner),
+                            {**self._metadata(False), "val_accuracy": report.accuracy,
+                             "val_ci95": report.ci95})
+        return report.accuracy
+
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train to the end (or the time budget); returns a summary of the run."""
+        from tqdm.auto import tqdm
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        config = self.config
+        if self.optimizer is None:  # nothing to learn (kNN): record the model, mark it done
+            self.validate()
+            save_checkpoint(self.run_dir, "best", learner_state(self.learner), self._metadata(True))
+            self.save_last(finished=True)
+            return self._metadata(True)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.learner.train()
+        log_steps = max(1, config.log_every // config.meta_batch)
+        val_steps = max(1, config.val_every // config.meta_batch)
+        window: list[tuple[float, float]] = []
+        last_save = time.monotonic()
+        started = time.monotonic() - self.elapsed
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.learner.name}",
+                   unit="step", disable=not self.progress, dynamic_ncols=True)
+        out_of_time = False
+        try:
+            while self.step < self.total_steps and self._stop_signal is None and not out_of_time:
+                first = self.step * config.meta_batch
+                batch = self.train_sampler.batch(range(first, first + config.meta_batch))
+                batch = batch.to(self.device)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.learning_rate(self.step)
+                loss, metrics = self.learner.loss(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.step += 1
+                self.elapsed = time.monotonic() - started
+                window.append((metrics["loss"], metrics["accuracy"]))
+                bar.update(1)
+                if self.step % log_steps == 0:
+                    mean_loss = sum(w[0] for w in window) / len(window)
+                    mean_acc = sum(w[1] for w in window) / len(window)
+                    self._log({"kind": "train", "step": self.step,
+                               "episodes": self.step * config.meta_batch,
+                               "seconds": round(self.elapsed, 3), "loss": mean_loss,
+                               "accuracy": mean_acc, "lr": self.learning_rate(self.step - 1)})
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{mean_acc:.3f}",
+                                    best=f"{self.best_accuracy:.3f}")
+                    window.clear()
+                out_of_time = bool(config.time_budget) and self.elapsed >= config.time_budget
+                if self.step % val_steps == 0 or self.step == self.total_steps or out_of_time:
+                    self.validate()
+                    self.save_last()
+                    last_save = time.monotonic()
+                elif time.monotonic() - last_save >= config.checkpoint_every_s:
+                    self.save_last()
+                    last_save = time.monotonic()
+        finally:
+            bar.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        finished = self.step >= self.total_steps or out_of_time
+        self.save_last(finished=finished)
+        if self._stop_signal is not None and not finished:
+            raise KeyboardInterrupt(f"stopped at episode {self.step * config.meta_batch}; continue "
+                                    "with --resume")
+        if self.best_accuracy < 0 and self.val_sampler is None:
+            save_checkpoint(self.run_dir, "best", learner_state(self.learner), self._metadata(True))
+        return self._metadata(finished)
