@@ -20,6 +20,13 @@ from kshot.errors import KShotError
 
 
 # -------------------------------------------------------------------------------- helpers
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``kshot: error: ...``) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"kshot: error: {message} (see `{self.prog} --help`)\n")
+
+
 def field_docs(config_type: type) -> dict[str, str]:
     """The docstring written under each field of a config dataclass (for --help)."""
     try:
@@ -63,9 +70,9 @@ def collect_config(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
 
 
 def set_threads(threads: int | None) -> None:
-    import torch
+    from kshot.runtime import configure_cpu
 
-    torch.set_num_threads(max(1, threads or os.cpu_count() or 1))
+    configure_cpu(threads)
 
 
 def resolve_device(name: str) -> str:
@@ -284,9 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kshot.train import TrainConfig
 
     get_method("protonet")  # registers every method
-    parser = argparse.ArgumentParser(prog="kshot", description="One-shot and few-shot learning.")
+    parser = OneLineParser(prog="kshot", description="One-shot and few-shot learning.")
     parser.add_argument("--version", action="version", version=f"kshot {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     def runtime(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--data-dir", help="folder of the official archives (default: "
@@ -295,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--device", default="cpu", help="cpu or cuda")
 
     train = commands.add_parser("train", help="train a method episodically")
-    methods = train.add_subparsers(dest="method", required=True, metavar="method")
+    methods = train.add_subparsers(dest="method", required=True, metavar="method",
+                                   parser_class=OneLineParser)
     for name, cls in sorted(METHODS.items()):
         sub = methods.add_parser(name, help=(cls.__doc__ or name).strip().split("\n")[0])
         sub.add_argument("--dataset", default="omniglot", choices=DATASETS)
@@ -350,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plot)
 
     demo = commands.add_parser("demo", help="the book's demos")
-    demos = demo.add_subparsers(dest="demo", required=True)
+    demos = demo.add_subparsers(dest="demo", required=True, parser_class=OneLineParser)
     knn = demos.add_parser("knn-vs-mlp", help="chapter 1: kNN vs a small MLP on 30 iris points")
     knn.add_argument("--draws", type=int, default=200)
     knn.add_argument("--seed", type=int, default=0)
