@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, cls in sorted(METHODS.items()):
         sub = methods.add_parser(name, help=(cls.__doc__ or name).strip().split("\n")[0])
         sub.add_argument("--dataset", default="omniglot", choices=DATASETS)
-        sub.add_argument("--split", default=None, help="omniglot: vinyals or lake; mnist: test/train")
+        sub.add_argument("--split", default=None, help="omniglot: vinyals, lake, small1, small2; mnist: test or train")
         sub.add_argument("--image-size", type=int, default=28)
         sub.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
                          help="rotated characters as extra classes (default: on for vinyals)")

@@ -14,6 +14,9 @@ Splits (each with ``train`` / ``val`` / ``test`` subsets, and ``trainval`` = tra
 
 * ``lake``: train on the 30 background alphabets, test on the 20 evaluation alphabets. Validation is
   a fixed slice of 100 background characters: ``numpy.random.default_rng(0).permutation(964)[-100:]``.
+* ``small1`` / ``small2``: Lake et al.'s "minimal" 5-alphabet background sets (136 / 156 characters,
+  each with a fixed 10% validation slice, ``default_rng(0).permutation``) against the 20 evaluation
+  alphabets.
 * ``vinyals``: all 1623 characters (background then evaluation, each sorted by alphabet and
   character name) permuted by ``numpy.random.default_rng(0).permutation(1623)``; the first 1028 are
   ``train``, the next 172 ``val`` (1200 training characters in all, as in Vinyals et al. and Snell et
@@ -56,7 +59,7 @@ LAKE_RUNS = Resource("omniglot/all_runs.zip", _BASE + "one-shot-classification/a
 DRAWERS_PER_CHARACTER = 20
 VINYALS_SIZES = (1028, 172, 423)
 LAKE_VAL_CHARACTERS = 100
-SPLITS = ("lake", "vinyals")
+SPLITS = ("lake", "vinyals", "small1", "small2")
 SUBSETS = ("train", "val", "trainval", "test")
 
 _ITEM = re.compile(r"^(images_[a-z0-9_]+)/([^/]+)/(character\d+)/([^/]+\.png)$")
@@ -158,10 +161,11 @@ def load_archive(
 
 def _subset_classes(split: str, subset: str, n_background: int, n_total: int) -> np.ndarray:
     """Character indices (into background-then-evaluation order) of one subset of a split."""
-    if split == "lake":
+    if split != "vinyals":
+        n_val = LAKE_VAL_CHARACTERS if split == "lake" else max(1, n_background // 10)
         permutation = np.random.default_rng(0).permutation(n_background)
-        val = np.sort(permutation[-LAKE_VAL_CHARACTERS:])
-        train = np.sort(permutation[:-LAKE_VAL_CHARACTERS])
+        val = np.sort(permutation[-n_val:])
+        train = np.sort(permutation[:-n_val])
         test = np.arange(n_background, n_total)
     else:
         permutation = np.random.default_rng(0).permutation(n_total)
@@ -191,7 +195,8 @@ def load_omniglot(
         raise KShotError(f"unknown Omniglot split {split!r}; choose one of {list(SPLITS)}")
     if subset not in SUBSETS:
         raise KShotError(f"unknown subset {subset!r}; choose one of {list(SUBSETS)}")
-    background = load_archive("images_background", image_size, data_dir, download, progress)
+    archive = f"images_background_{split}" if split.startswith("small") else "images_background"
+    background = load_archive(archive, image_size, data_dir, download, progress)
     need_evaluation = split == "vinyals" or subset == "test"
     if need_evaluation:
         evaluation = load_archive("images_evaluation", image_size, data_dir, download, progress)
@@ -205,7 +210,7 @@ def load_omniglot(
     else:
         both = background
     classes = _subset_classes(split, subset, background.n_classes,
-                              background.n_classes + (659 if need_evaluation else 0))
+                              background.n_classes + (evaluation.n_classes if need_evaluation else 0))
     dataset = both.subset(torch.from_numpy(classes), name=f"omniglot/{split}/{subset}")
     alphabets = both.meta["alphabets"]
     dataset.meta["alphabets"] = [alphabets[int(c)] for c in classes]
