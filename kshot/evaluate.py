@@ -97,7 +97,7 @@ def evaluate_lake_runs(
     query_x = runs.test.float().div(255).to(device)
     support_y = torch.arange(20, device=device).expand(len(support_x), -1)
     logits = learner(support_x, support_y, query_x)  # [20 runs, 20 test items, 20 classes]
-    wrong = (logits.argmax(-1).cpu() != runs.test_labels).float()
+    wrong = (logits.argmax(-1).cpu() != runs.test_labels).double()
     per_run = (wrong.mean(-1) * 100).tolist()
     learner.train(was_training)
     return {"error": sum(per_run) / len(per_run), "per_run": per_run,

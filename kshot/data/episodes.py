@@ -87,9 +87,12 @@ class EpisodeSampler:
         episodes: int | None = None,
         start: int = 0,
     ) -> None:
-        for name, value, low in (("n_way", n_way, 1), ("k_shot", k_shot, 1), ("n_query", n_query, 0)):
+        for name, option, value, low in (("n_way", "--ways", n_way, 1),
+                                         ("k_shot", "--shots", k_shot, 1),
+                                         ("n_query", "--queries", n_query, 0)):
             if not isinstance(value, (int, np.integer)) or value < low:
-                raise KShotError(f"{name} must be an integer >= {low}, got {value!r}")
+                raise KShotError(f"{name} must be an integer >= {low}, got {value!r}; "
+                                 f"pass {option} {low} or more")
         per_class = k_shot + n_query
         eligible = torch.nonzero(dataset.sizes >= per_class).flatten()
         if len(eligible) < n_way:

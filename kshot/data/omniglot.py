@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,15 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         ) from None
 
 
+def _read_member(zf: zipfile.ZipFile, path: Path, member: str) -> bytes:
+    """The bytes of one archive member; a damaged member is a user error naming the fix."""
+    try:
+        return zf.read(member)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise KShotError(f"{path} is corrupt ({member}: {exc}); delete it so it is downloaded "
+                         "again") from None
+
+
 def _archive_characters(zf: zipfile.ZipFile, path: Path, archive: str) -> dict[str, list[str]]:
     """Character name -> its PNG members, after checking the archive's structure (names, counts)."""
     expected_alphabets, expected_characters = ARCHIVES[archive][1:]
@@ -112,6 +122,8 @@ def check_archive(path: str | Path, name: str) -> bool | str:
                 labels = [n for n in zf.namelist() if n.endswith("class_labels.txt")]
                 if len(labels) != 20:
                     return f"{len(labels)} runs with class_labels.txt, expected 20"
+            else:
+                return f"no structural check is known for {name!r}"
         return True
     except KShotError as error:
         return str(error)
@@ -126,11 +138,7 @@ def _decode_archive(path: Path, archive: str, image_size: int) -> dict[str, np.n
         row = 0
         for character in characters:
             for member in by_character[character]:
-                try:
-                    data = zf.read(member)
-                except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                    raise KShotError(f"{path} is corrupt ({member}: {exc}); delete it so it is "
-                                     "downloaded again") from None
+                data = _read_member(zf, path, member)
                 images[row] = decode_image(data, image_size, invert=True, name=f"{path}:{member}")
                 row += 1
     return {"images": images, "characters": np.array(characters)}
@@ -247,7 +255,7 @@ def _decode_runs(path: Path, image_size: int) -> dict[str, np.ndarray]:
             if label_file not in names:
                 raise KShotError(f"{path} has no {label_file}; it is not Lake's all_runs.zip - "
                                  "delete it so it is downloaded again")
-            for line in zf.read(label_file).decode().split("\n"):
+            for line in _read_member(zf, path, label_file).decode(errors="replace").split("\n"):
                 if not line.strip():
                     continue
                 match = _RUN_LINE.match(line.strip())
@@ -259,7 +267,7 @@ def _decode_runs(path: Path, image_size: int) -> dict[str, np.ndarray]:
                     member = f"{prefix}/{folder}/{name}{index + 1:02d}.png"
                     if member not in names:
                         raise KShotError(f"{path} lacks {member}; delete it so it is downloaded again")
-                    out[run, index] = decode_image(zf.read(member), image_size, invert=True,
+                    out[run, index] = decode_image(_read_member(zf, path, member), image_size, invert=True,
                                                    name=f"{path}:{member}")
     if (labels < 0).any() or (labels > 19).any():
         raise KShotError(f"{path}: class_labels.txt files do not label all 20 test items of each run")

@@ -71,8 +71,10 @@ class KNN(Learner):
         nearest = distances.topk(k, dim=-1, largest=False).indices  # [B, Q, k], nearest first
         neighbour_labels = torch.gather(support_y.unsqueeze(1).expand(-1, query_x.shape[1], -1),
                                         2, nearest)
-        # one vote per neighbour, plus a tie-breaking bonus far below one vote for nearer ones
-        weights = 1 + 1e-3 * torch.arange(k, 0, -1, dtype=distances.dtype, device=distances.device) / k
+        # one vote per neighbour plus a tie-break bonus far below one vote: 2^-rank, so the bonus of
+        # the nearest neighbour outweighs those of all farther ones together
+        ranks = torch.arange(k, dtype=distances.dtype, device=distances.device)
+        weights = 1 + 1e-3 * torch.pow(0.5, ranks)
         votes = torch.zeros(*nearest.shape[:2], n_way, dtype=distances.dtype, device=distances.device)
         votes.scatter_add_(2, neighbour_labels, weights.expand_as(nearest).contiguous())
         logits = torch.log(votes / votes.sum(-1, keepdim=True) + 1e-6)
