@@ -138,6 +138,7 @@ class Trainer:
         """Restore the last checkpoint of ``run_dir``; False when there is none."""
         path = self.run_dir / "last.safetensors"
         if not path.is_file():
+            self._truncate_metrics(0)  # killed before the first checkpoint: start afresh
             return False
         tensors, metadata = load_checkpoint(path)
         if metadata.get("method") != self.learner.name:

@@ -398,6 +398,51 @@ def test_stop_signal_then_resume(tmp_path: Path, straight_run, train_data, val_d
     _assert_no_duplicate_steps(tmp_path, straight_dir, partial_window=("train", 6))
 
 
+class _Killed(Exception):
+    """Stands in for SIGKILL: the loop dies between two checkpoints, nothing more is saved."""
+
+
+def _kill_at(trainer: Trainer, call: int) -> None:
+    original_loss = trainer.learner.loss
+    calls = []
+
+    def loss_or_die(episode):
+        calls.append(1)
+        if len(calls) == call:
+            raise _Killed
+        return original_loss(episode)
+
+    trainer.learner.loss = loss_or_die
+
+
+def test_kill_after_checkpoint_resume_drops_later_metrics(tmp_path: Path, straight_run,
+                                                          train_data, val_data) -> None:
+    straight_dir, straight_weights, _ = straight_run
+    trainer = _trainer(tmp_path, train_data, val_data)
+    _kill_at(trainer, 9)  # checkpoint at step 6 (validation), train lines logged up to step 8
+    with pytest.raises(_Killed):
+        trainer.fit()
+    assert json.loads((tmp_path / "last.json").read_text())["step"] == 6
+    assert max(r["step"] for r in _metrics(tmp_path)) == 8
+    resumed = _trainer(tmp_path, train_data, val_data, init_seed=5)
+    assert resumed.fit(resume=True)["step"] == 12
+    _assert_same_weights(_weights(resumed), straight_weights)
+    _assert_no_duplicate_steps(tmp_path, straight_dir)
+
+
+def test_kill_before_first_checkpoint_resume_has_no_duplicate_metrics(tmp_path: Path,
+                                                                      train_data) -> None:
+    trainer = _trainer(tmp_path, train_data, None, val_every=100)
+    _kill_at(trainer, 6)  # train lines at steps 2 and 4, no checkpoint yet
+    with pytest.raises(_Killed):
+        trainer.fit()
+    assert not (tmp_path / "last.safetensors").exists()
+    assert [r["step"] for r in _metrics(tmp_path)] == [2, 4]
+    _trainer(tmp_path, train_data, None, val_every=100).fit(resume=True)
+    steps = [r["step"] for r in _metrics(tmp_path)]
+    assert steps == sorted(set(steps)), steps
+
+
 def test_resume_without_checkpoint_starts_fresh(tmp_path: Path, train_data) -> None:
     trainer = _trainer(tmp_path, train_data, None, episodes=2)
     assert trainer.resume() is False

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import zipfile
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -336,10 +335,6 @@ def test_truncated_background_archive(capsys, env, monkeypatch, tmp_path: Path) 
     assert not list(cache.rglob("*.npz"))  # nothing cached from a broken archive
 
 
-@pytest.mark.xfail(strict=True, raises=zlib.error,
-                   reason="kshot/data/omniglot.py:262 (_decode_runs): zf.read(member) is not "
-                   "guarded; a damaged member of all_runs.zip escapes as zlib.error (traceback, "
-                   "exit 1) instead of a KShotError")
 def test_corrupt_member_in_lake_runs_archive(capsys, env, monkeypatch, tmp_path: Path,
                                              run_dir: Path) -> None:
     data, cache = tmp_path / "data", tmp_path / "cache"
@@ -350,12 +345,9 @@ def test_corrupt_member_in_lake_runs_archive(capsys, env, monkeypatch, tmp_path:
                            "--threads", 1)
     assert_user_error(code, out, err, match="all_runs.zip")
     assert tmp_files(data, cache) == []
+    assert not list(cache.rglob("*.npz"))
 
 
-@pytest.mark.xfail(strict=True, raises=zlib.error,
-                   reason="kshot/data/omniglot.py:130-133 (_decode_archive) catches BadZipFile, "
-                   "OSError and EOFError from zf.read but not zlib.error, which a damaged "
-                   "deflated member raises (traceback, exit 1) instead of a KShotError")
 def test_corrupt_member_in_background_archive(capsys, env, monkeypatch, tmp_path: Path) -> None:
     data, cache = tmp_path / "data", tmp_path / "cache"
     _corrupted_member_copy(env.data / "omniglot" / "images_background.zip", data,
@@ -365,6 +357,7 @@ def test_corrupt_member_in_background_archive(capsys, env, monkeypatch, tmp_path
     assert_user_error(code, out, err, match="images_background.zip")
     assert not (tmp_path / "run").exists()
     assert tmp_files(data, cache) == []
+    assert not list(cache.rglob("*.npz"))
 
 
 def test_undecodable_query_image(capsys, env, run_dir: Path, omniglot_pngs,

@@ -259,17 +259,25 @@ def test_knn_tie_goes_to_nearer_neighbour() -> None:
     assert logits.argmax(-1).tolist() == [0]
 
 
-@pytest.mark.xfail(strict=True, reason="kshot/methods/knn.py:75: the tie-break bonus is linear in "
-                   "the rank, so a class with the nearest neighbour loses a vote tie to a class "
-                   "whose neighbours have a smaller rank sum")
 def test_knn_tie_goes_to_class_with_nearest_neighbour_k5() -> None:
     # k=5, neighbours by rank: 1 -> class 1, 2 -> class 0, 3 -> class 0, 4 -> class 2,
     # 5 -> class 1. Classes 0 and 1 tie with two votes each; class 1 has the nearest neighbour, so
     # by the documented rule ("ties between classes go to the class with the nearer neighbour")
-    # it must win. The bonus gives class 1: (5 + 1)/5e3, class 0: (4 + 3)/5e3, so class 0 wins.
+    # it must win (a bonus linear in the rank would give it to class 0, whose rank sum is smaller).
     learner = build_learner("knn", {"k": 5}, (1,))
     support = _points([1.0, 2.0, 3.0, 4.0, 5.0])
     logits = learner(support, torch.tensor([1, 0, 0, 2, 1]), _points([0.0]))
+    assert logits.argmax(-1).tolist() == [1]
+
+
+def test_knn_tie_break_holds_for_far_ranks() -> None:
+    # k=16: ranks 0-9 are single votes for classes 2..11; class 1 at ranks 10 and 15, class 0 at
+    # ranks 11 and 12, ranks 13-14 single votes for classes 12, 13. Classes 0 and 1 tie with two
+    # votes; class 1 has the nearer neighbour (rank 10) and must win.
+    labels = [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 0, 0, 12, 13, 1]
+    learner = build_learner("knn", {"k": 16}, (1,))
+    support = _points([float(rank + 1) for rank in range(16)])
+    logits = learner(support, torch.tensor(labels), _points([0.0]))
     assert logits.argmax(-1).tolist() == [1]
 
 

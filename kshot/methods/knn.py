@@ -2,8 +2,8 @@
 
 A query takes the majority label of its ``k`` nearest support items, on raw pixels or on the
 embedding of a trained run (``embedding_run``: the backbone of that run, frozen). Ties between
-classes go to the class with the nearer neighbour. Logits are log vote shares, so
-``softmax(logits)`` is the share of the ``k`` votes each class got.
+classes go to the class with the nearer neighbour. Logits are log vote shares (plus the tie-break, under
+0.1%), so ``softmax(logits)`` is the share of the ``k`` votes each class got.
 """
 
 from __future__ import annotations
@@ -71,13 +71,17 @@ class KNN(Learner):
         nearest = distances.topk(k, dim=-1, largest=False).indices  # [B, Q, k], nearest first
         neighbour_labels = torch.gather(support_y.unsqueeze(1).expand(-1, query_x.shape[1], -1),
                                         2, nearest)
-        # one vote per neighbour plus a tie-break bonus far below one vote: 2^-rank, so the bonus of
-        # the nearest neighbour outweighs those of all farther ones together
-        ranks = torch.arange(k, dtype=distances.dtype, device=distances.device)
-        weights = 1 + 1e-3 * torch.pow(0.5, ranks)
-        votes = torch.zeros(*nearest.shape[:2], n_way, dtype=distances.dtype, device=distances.device)
-        votes.scatter_add_(2, neighbour_labels, weights.expand_as(nearest).contiguous())
-        logits = torch.log(votes / votes.sum(-1, keepdim=True) + 1e-6)
+        # votes per class, and the rank of each class's nearest neighbour (k where it has none)
+        shape = (*nearest.shape[:2], n_way)
+        votes = torch.zeros(shape, dtype=distances.dtype, device=distances.device)
+        votes.scatter_add_(2, neighbour_labels, torch.ones_like(neighbour_labels, dtype=votes.dtype))
+        ranks = torch.arange(k, device=distances.device).expand_as(nearest)
+        nearest_rank = torch.full(shape, k, dtype=torch.long, device=distances.device)
+        nearest_rank.scatter_reduce_(2, neighbour_labels, ranks, reduce="amin")
+        # log vote shares, plus a tie-break far below one vote for the class with the nearer
+        # neighbour; its steps (1e-3 / (k + 1)) stay above float32 resolution for k < 4000
+        tie_break = 1e-3 * (k - nearest_rank).to(votes.dtype) / (k + 1)
+        logits = torch.log(votes / k + 1e-9) + tie_break
         return logits if batched else logits[0]
 
     def loss(self, episode):
