@@ -11,8 +11,9 @@ Images are ``uint8`` (0..255, ink bright) or float (0..1) arrays/tensors ``[N, H
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ class FewShotClassifier:
         self._support_y: torch.Tensor | None = None
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> "FewShotClassifier":
+    def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> FewShotClassifier:
         from kshot.checkpoint import load_run
 
         learner, _, _ = load_run(run_dir)
@@ -51,7 +52,7 @@ class FewShotClassifier:
         floats = items.float().div(255) if items.dtype == torch.uint8 else items.float()
         return floats.to(self.device)
 
-    def fit(self, support_images: Any, labels: Sequence[Any]) -> "FewShotClassifier":
+    def fit(self, support_images: Any, labels: Sequence[Any]) -> FewShotClassifier:
         """Remember the support set: ``support_images [N, ...]`` with one label per image."""
         support_x = self._as_items(support_images, "support_images")
         labels = np.asarray(labels)

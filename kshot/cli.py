@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import itertools
 import json
-import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from kshot.errors import KShotError
 
@@ -34,7 +35,7 @@ def field_docs(config_type: type) -> dict[str, str]:
     except (OSError, TypeError, SyntaxError):
         return {}
     docs, body = {}, tree.body[0].body
-    for node, following in zip(body, body[1:]):
+    for node, following in itertools.pairwise(body):
         if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                 and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)):
             docs[node.target.id] = str(following.value.value)
@@ -119,8 +120,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "rotations": args.rotations, "train_subset": args.train_on,
                 "folder": str(args.folder) if args.folder else None}
     # everything that can fail on bad input happens before anything is written
-    common = dict(split=data["split"], image_size=data["image_size"], rotations=data["rotations"],
-                  data_dir=args.data_dir, folder=data["folder"], progress=not args.quiet)
+    common = {"split": data["split"], "image_size": data["image_size"],
+              "rotations": data["rotations"], "data_dir": args.data_dir, "folder": data["folder"],
+              "progress": not args.quiet}
     train_data = load_dataset(data["dataset"], subset=data["train_subset"], **common)
     val_data = load_dataset(data["dataset"], subset="val", **common) if data["dataset"] == "omniglot" \
         else None
@@ -229,8 +231,8 @@ def _check_file(path: Path, name: str) -> bool | str:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from kshot.data.store import cache_dir, data_dir
     from kshot.data.omniglot import ARCHIVES, LAKE_RUNS
+    from kshot.data.store import cache_dir, data_dir
 
     root, cache = data_dir(args.data_dir), cache_dir()
     rows = []
@@ -287,7 +289,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from kshot import __version__
     from kshot.datasets import DATASETS
-    from kshot.methods.base import get_method, METHODS
+    from kshot.methods.base import METHODS, get_method
     from kshot.train import TrainConfig
 
     get_method("protonet")  # registers every method

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from kshot.checkpoint import (learner_state, load_checkpoint, load_learner_state, save_checkpoint)
+from kshot.checkpoint import learner_state, load_checkpoint, load_learner_state, save_checkpoint
 from kshot.data.dataset import ClassDataset
 from kshot.data.episodes import EpisodeSampler
 from kshot.data.store import atomic_write_bytes

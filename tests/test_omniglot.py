@@ -6,7 +6,6 @@ import io
 import re
 import struct
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ class ClassDataset:
         labels: torch.Tensor | np.ndarray | Sequence[int],
         class_names: Sequence[str] | None = None,
         name: str = "dataset",
-    ) -> "ClassDataset":
+    ) -> ClassDataset:
         """Build from items in any order and integer labels ``0..C-1``; sorts by class (stable)."""
         images = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
         labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -86,7 +86,7 @@ class ClassDataset:
     def class_items(self, c: int) -> torch.Tensor:
         return self.images[int(self.offsets[c]) : int(self.offsets[c + 1])]
 
-    def subset(self, classes: Sequence[int] | torch.Tensor, name: str | None = None) -> "ClassDataset":
+    def subset(self, classes: Sequence[int] | torch.Tensor, name: str | None = None) -> ClassDataset:
         """The dataset restricted to ``classes`` (in the given order), relabelled ``0..len-1``."""
         classes = torch.as_tensor(classes, dtype=torch.long)
         if len(classes) and (int(classes.min()) < 0 or int(classes.max()) >= self.n_classes):
@@ -102,7 +102,7 @@ class ClassDataset:
         names = tuple(self.class_names[int(c)] for c in classes)
         return ClassDataset(self.images[index], offsets, names, name or self.name, dict(self.meta))
 
-    def with_rotations(self, angles: Sequence[int] = (0, 90, 180, 270)) -> "ClassDataset":
+    def with_rotations(self, angles: Sequence[int] = (0, 90, 180, 270)) -> ClassDataset:
         """Every class again rotated by each angle (multiples of 90°), as a new class.
 
         Vinyals et al. / Snell et al.: a rotated character is a new character. Class ``c`` rotated

@@ -9,8 +9,8 @@ episodes it would have seen without the interruption.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,12 +42,12 @@ class Episode:
     def batched(self) -> bool:
         return self.support_y.ndim == 2
 
-    def to(self, device: torch.device | str) -> "Episode":
+    def to(self, device: torch.device | str) -> Episode:
         return Episode(self.support_x.to(device), self.support_y.to(device),
                        self.query_x.to(device), self.query_y.to(device), self.n_way, self.k_shot)
 
     @staticmethod
-    def stack(episodes: Sequence["Episode"]) -> "Episode":
+    def stack(episodes: Sequence[Episode]) -> Episode:
         """Stack episodes of the same shape into one batched episode."""
         first = episodes[0]
         if any((e.n_way, e.k_shot, e.query_y.shape) != (first.n_way, first.k_shot, first.query_y.shape)
@@ -57,7 +57,7 @@ class Episode:
                    for f in fields(Episode) if f.name.endswith(("_x", "_y"))}
         return Episode(n_way=first.n_way, k_shot=first.k_shot, **tensors)
 
-    def unbatch(self) -> list["Episode"]:
+    def unbatch(self) -> list[Episode]:
         if not self.batched:
             return [self]
         return [Episode(self.support_x[b], self.support_y[b], self.query_x[b], self.query_y[b],

@@ -20,9 +20,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import platformdirs
@@ -179,9 +179,8 @@ def cached_arrays(
             path.unlink(missing_ok=True)
     arrays = build()
     try:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
     except OSError:
         pass  # an unwritable cache only costs time: the arrays are still returned
     return arrays

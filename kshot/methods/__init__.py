@@ -4,5 +4,13 @@ from kshot.methods.base import METHODS, Learner, build_learner, get_method
 from kshot.methods.knn import KNN, KNNConfig
 from kshot.methods.protonet import ProtoNet, ProtoNetConfig
 
-__all__ = ["METHODS", "KNN", "KNNConfig", "Learner", "ProtoNet", "ProtoNetConfig",
-           "build_learner", "get_method"]
+__all__ = [
+           "KNN",
+           "METHODS",
+           "KNNConfig",
+           "Learner",
+           "ProtoNet",
+           "ProtoNetConfig",
+           "build_learner",
+           "get_method",
+]

@@ -11,7 +11,7 @@ in channels-last memory format on CPU, which is about 1.6× faster for these sma
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
