@@ -86,3 +86,14 @@ def http_server() -> Iterator[LocalHTTPServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One CPU thread: tiny models gain nothing from more, and the machine may be shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

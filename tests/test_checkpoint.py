@@ -32,14 +32,7 @@ from kshot.methods import build_learner
 from kshot.methods.protonet import ProtoNetConfig
 from kshot.train import TrainConfig, Trainer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One CPU thread: these tiny models gain nothing from more, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tmp_files(root: Path) -> list[Path]:

@@ -17,14 +17,7 @@ from kshot.classifier import FewShotClassifier
 from kshot.errors import KShotError
 from kshot.methods import build_learner
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One CPU thread: these tiny models gain nothing from more, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(rows: slice, cols: slice) -> np.ndarray:

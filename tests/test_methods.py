@@ -17,14 +17,7 @@ from kshot.methods import KNN, METHODS, ProtoNet, build_learner, get_method
 from kshot.methods.protonet import class_means, squared_distances
 from kshot.nn.backbones import BACKBONES, Conv4, LeNet, build_backbone
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One CPU thread: these tiny models gain nothing from more, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- protonet helpers --------------------------------------------------------------------------

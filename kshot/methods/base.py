@@ -45,6 +45,23 @@ class Learner(nn.Module):
         """Whether there is anything for the Trainer to optimise."""
         return any(p.requires_grad for p in self.parameters())
 
+    def embed_episode(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                      query_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Support and query embeddings of one episode or a batch, in one ``self.backbone`` pass.
+
+        Returns ``support_emb [B, S, D]``, ``query_emb [B, Q, D]``, ``support_y [B, S]`` (a single
+        episode gets ``B = 1``) and ``n_way``.
+        """
+        batched = support_y.ndim == 2
+        self.check_items(support_x, batched)
+        if not batched:
+            support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
+        n_batch, n_support = support_y.shape
+        embeddings = self.backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
+        support_emb = embeddings[: n_batch * n_support].view(n_batch, n_support, -1)
+        query_emb = embeddings[n_batch * n_support :].view(n_batch, query_x.shape[1], -1)
+        return support_emb, query_emb, support_y, int(support_y.max()) + 1
+
     def check_items(self, items: torch.Tensor, batched: bool) -> None:
         shape = tuple(items.shape[2:] if batched else items.shape[1:])
         if shape != self.item_shape:

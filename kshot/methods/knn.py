@@ -55,21 +55,14 @@ class KNN(Learner):
     def forward(self, support_x: torch.Tensor, support_y: torch.Tensor,
                 query_x: torch.Tensor) -> torch.Tensor:
         batched = support_y.ndim == 2
-        self.check_items(support_x, batched)
-        if not batched:
-            support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
-        n_batch, n_support = support_y.shape
-        n_way = int(support_y.max()) + 1
-        embeddings = self.backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
-        support_emb = embeddings[: n_batch * n_support].view(n_batch, n_support, -1)
-        query_emb = embeddings[n_batch * n_support :].view(n_batch, query_x.shape[1], -1)
+        support_emb, query_emb, support_y, n_way = self.embed_episode(support_x, support_y, query_x)
         if self.config.metric == "cosine":
             distances = 1 - F.normalize(query_emb, dim=-1) @ F.normalize(support_emb, dim=-1).mT
         else:
             distances = torch.cdist(query_emb, support_emb)  # [B, Q, S]
-        k = min(self.config.k, n_support)
+        k = min(self.config.k, support_emb.shape[1])
         nearest = distances.topk(k, dim=-1, largest=False).indices  # [B, Q, k], nearest first
-        neighbour_labels = torch.gather(support_y.unsqueeze(1).expand(-1, query_x.shape[1], -1),
+        neighbour_labels = torch.gather(support_y.unsqueeze(1).expand(-1, query_emb.shape[1], -1),
                                         2, nearest)
         # votes per class, and the rank of each class's nearest neighbour (k where it has none)
         shape = (*nearest.shape[:2], n_way)

@@ -58,15 +58,7 @@ class ProtoNet(Learner):
     def forward(self, support_x: torch.Tensor, support_y: torch.Tensor,
                 query_x: torch.Tensor) -> torch.Tensor:
         batched = support_y.ndim == 2
-        self.check_items(support_x, batched)
-        if not batched:
-            support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
-        n_batch, n_support = support_y.shape
-        n_way = int(support_y.max()) + 1
-        # one pass through the backbone for support and queries of every episode
-        embeddings = self.backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
-        support_emb = embeddings[: n_batch * n_support].view(n_batch, n_support, -1)
-        query_emb = embeddings[n_batch * n_support :].view(n_batch, query_x.shape[1], -1)
+        support_emb, query_emb, support_y, n_way = self.embed_episode(support_x, support_y, query_x)
         prototypes = class_means(support_emb, support_y, n_way)
         if self.config.distance == "cosine":
             logits = F.normalize(query_emb, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(1, 2)
