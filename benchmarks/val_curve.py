@@ -17,7 +17,7 @@ def main() -> None:
         for record in read_metrics(run_dir).val:
             is_best = record["accuracy"] > best
             best = max(best, record["accuracy"])
-            print(f"| {record['episodes']} | {record['seconds']:.0f} | "
+            print(f"| {int(record['episodes'])} | {record['seconds']:.0f} | "
                   f"{record['accuracy'] * 100:.2f} ± {record['ci95'] * 100:.2f} | "
                   f"{'*' if is_best else ''} |")
 
