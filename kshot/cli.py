@@ -249,7 +249,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         present = path.is_file()
         verified = _check_file(path, name) if present else None
         stem = Path(resource.filename).name.split(".")[0]
-        cached = sorted(p.name for p in cache.glob(f"*{stem}*.npz")) if cache.is_dir() else []
+        cached = sorted(p.name for p in cache.glob(f"*-{stem}-*px-*.npz")) if cache.is_dir() else []
         rows.append({"name": name, "file": str(path), "present": present, "verified": verified,
                      "cached": cached})
     if args.json:
