@@ -150,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from kshot.checkpoint import load_run
     from kshot.data.episodes import EpisodeSampler
-    from kshot.datasets import load_dataset
+    from kshot.datasets import DEFAULT_SPLITS, load_dataset
     from kshot.evaluate import evaluate, evaluate_lake_runs
 
     set_threads(args.threads)
@@ -172,7 +172,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   f"(per run: {', '.join(f'{e:.0f}' for e in result['per_run'])})")
         return 0
     dataset = args.dataset or data["dataset"]
-    split = args.split or (data["split"] if dataset == data["dataset"] else None)
+    split = args.split or (data["split"] if dataset == data["dataset"] else None) or \
+        DEFAULT_SPLITS.get(dataset)
     test_data = load_dataset(dataset, split=split, subset="test", image_size=learner.item_shape[-1],
                              rotations=data["rotations"] if dataset == data["dataset"] else None,
                              data_dir=args.data_dir, folder=args.folder, progress=not args.json)

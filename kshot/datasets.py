@@ -8,6 +8,7 @@ from kshot.data.dataset import ClassDataset
 from kshot.errors import KShotError
 
 DATASETS = ("omniglot", "mnist", "digits", "iris", "folder")
+DEFAULT_SPLITS = {"omniglot": "vinyals", "mnist": "test"}
 
 
 def load_dataset(
@@ -31,12 +32,12 @@ def load_dataset(
     if dataset == "omniglot":
         from kshot.data.omniglot import load_omniglot
 
-        return load_omniglot(split or "vinyals", subset, image_size, rotations, data_dir,
+        return load_omniglot(split or DEFAULT_SPLITS["omniglot"], subset, image_size, rotations, data_dir,
                              progress=progress)
     if dataset == "mnist":
         from kshot.data.mnist import load_mnist
 
-        data = load_mnist(split or "test", data_dir=data_dir, progress=progress)
+        data = load_mnist(split or DEFAULT_SPLITS["mnist"], data_dir=data_dir, progress=progress)
         return _resized(data, image_size)
     if dataset == "digits":
         from kshot.data.toy import load_digits
