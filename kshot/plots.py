@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from kshot.data.store import atomic_path
 from kshot.errors import KShotError
 
 __all__ = ["plot_run"]
@@ -119,18 +119,9 @@ def save_figure_atomically(figure: Figure, path: str | os.PathLike, dpi: int = 1
     left as it was.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)  # attach an Agg canvas: no display, no pyplot state
-    file_descriptor, temp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
-    )
-    try:
-        with os.fdopen(file_descriptor, "wb") as temp_file:
-            figure.savefig(temp_file, format="png", dpi=dpi)
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as temp_path:
+        figure.savefig(temp_path, format="png", dpi=dpi)
     return target
 
 
