@@ -21,11 +21,11 @@ MNIST_TEST_CLASS_SIZES = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 @pytest.fixture(scope="module")
 def mnist_dir(shared_data: Path) -> Path:
-    directory = shared_data / "mnist"
+    """The folder holding the official files (``<data dir>/mnist``)."""
     for resource in MNIST_RESOURCES["test"].values():
-        if not (directory / resource.filename).is_file():
-            pytest.skip(f"{resource.filename} is not in {directory}")
-    return directory
+        if not (shared_data / resource.filename).is_file():
+            pytest.skip(f"{resource.filename} is not in {shared_data}")
+    return shared_data / "mnist"
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,10 @@ def test_read_idx_rejects_a_truncated_gzip_copy(mnist_dir: Path, tmp_path: Path)
 def test_load_mnist_rejects_a_truncated_file_in_the_data_dir(
     mnist_dir: Path, tmp_path: Path
 ) -> None:
+    (tmp_path / "mnist").mkdir()
     for resource in MNIST_RESOURCES["test"].values():
-        shutil.copy(mnist_dir / resource.filename, tmp_path / resource.filename)
-    labels_file = tmp_path / "t10k-labels-idx1-ubyte.gz"
+        shutil.copy(mnist_dir.parent / resource.filename, tmp_path / resource.filename)
+    labels_file = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
     raw_labels = gzip.decompress(labels_file.read_bytes())
     labels_file.write_bytes(gzip.compress(raw_labels[:-100]))  # a valid gzip of a short IDX
     with pytest.raises(KShotError, match=r"t10k-labels-idx1-ubyte\.gz.*truncated.*delete it"):
@@ -151,9 +152,11 @@ def test_read_idx_missing_file(tmp_path: Path) -> None:
 # --- load_mnist's structural checks ------------------------------------------------------------
 
 
-def write_test_pair(directory: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    write_idx(directory / "t10k-images-idx3-ubyte.gz", images, compress=True)
-    write_idx(directory / "t10k-labels-idx1-ubyte.gz", labels, compress=True)
+def write_test_pair(data_dir: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Write a small test pair where ``load_mnist`` looks for it: ``<data_dir>/mnist/``."""
+    (data_dir / "mnist").mkdir(exist_ok=True)
+    write_idx(data_dir / "mnist" / "t10k-images-idx3-ubyte.gz", images, compress=True)
+    write_idx(data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz", labels, compress=True)
 
 
 def test_load_mnist_small_valid_pair(tmp_path: Path) -> None:
@@ -181,8 +184,8 @@ def test_load_mnist_structural_checks(tmp_path: Path, images, labels, message: s
 
 def test_load_mnist_swapped_files_fail_the_magic_check(tmp_path: Path) -> None:
     write_test_pair(tmp_path, np.zeros((2, 28, 28), np.uint8), np.zeros(2, np.uint8))
-    images_file = tmp_path / "t10k-images-idx3-ubyte.gz"
-    labels_file = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    images_file = tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
+    labels_file = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
     images_bytes = images_file.read_bytes()
     images_file.write_bytes(labels_file.read_bytes())
     labels_file.write_bytes(images_bytes)
@@ -204,10 +207,10 @@ def test_official_resources() -> None:
     assert set(MNIST_RESOURCES) == {"train", "test"}
     for subset, prefix in (("train", "train"), ("test", "t10k")):
         images, labels = MNIST_RESOURCES[subset]["images"], MNIST_RESOURCES[subset]["labels"]
-        assert images.filename == f"{prefix}-images-idx3-ubyte.gz"
-        assert labels.filename == f"{prefix}-labels-idx1-ubyte.gz"
+        assert images.filename == f"mnist/{prefix}-images-idx3-ubyte.gz"
+        assert labels.filename == f"mnist/{prefix}-labels-idx1-ubyte.gz"
         for resource in (images, labels):
-            assert resource.url == mnist.MNIST_URL_BASE + resource.filename
+            assert resource.url == mnist.MNIST_URL_BASE + Path(resource.filename).name
             assert resource.url.startswith("https://") and len(resource.md5) == 32
 
 
@@ -219,8 +222,8 @@ def test_load_mnist_downloads_into_an_empty_data_dir(
 ) -> None:
     local_resources = {}
     for kind, resource in MNIST_RESOURCES["test"].items():
-        source = mnist_dir / resource.filename
-        url = http_server.serve(f"mnist/{resource.filename}", source.read_bytes())
+        source = mnist_dir.parent / resource.filename
+        url = http_server.serve(resource.filename, source.read_bytes())
         local_resources[kind] = Resource(resource.filename, url, md5sum(source))
     monkeypatch.setitem(MNIST_RESOURCES, "test", local_resources)
     data_dir = tmp_path / "empty-data-dir"
@@ -228,11 +231,9 @@ def test_load_mnist_downloads_into_an_empty_data_dir(
     dataset = load_mnist("test", data_dir=data_dir, progress=False)
 
     assert len(dataset) == 10_000 and dataset.sizes.tolist() == MNIST_TEST_CLASS_SIZES
-    assert sorted(p.name for p in data_dir.iterdir()) == sorted(
+    assert sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file()) == sorted(
         r.filename for r in local_resources.values()
     )
-    assert sorted(http_server.requests) == sorted(
-        f"/mnist/{r.filename}" for r in local_resources.values()
-    )
+    assert sorted(http_server.requests) == sorted(f"/{r.filename}" for r in local_resources.values())
     load_mnist("test", data_dir=data_dir, progress=False)  # now present: no second download
     assert len(http_server.requests) == 2
