@@ -231,9 +231,11 @@ def test_load_mnist_downloads_into_an_empty_data_dir(
     dataset = load_mnist("test", data_dir=data_dir, progress=False)
 
     assert len(dataset) == 10_000 and dataset.sizes.tolist() == MNIST_TEST_CLASS_SIZES
-    assert sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file()) == sorted(
-        r.filename for r in local_resources.values()
+    assert sorted(
+        str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file()
+    ) == sorted(r.filename for r in local_resources.values())
+    assert sorted(http_server.requests) == sorted(
+        f"/{r.filename}" for r in local_resources.values()
     )
-    assert sorted(http_server.requests) == sorted(f"/{r.filename}" for r in local_resources.values())
     load_mnist("test", data_dir=data_dir, progress=False)  # now present: no second download
     assert len(http_server.requests) == 2
