@@ -140,9 +140,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as stop:
         print(f"kshot: {stop or 'interrupted'}; continue with --resume", file=sys.stderr)
         return 130
+    validation = (f"best validation accuracy {summary['best_accuracy'] * 100:.2f}%"
+                  if summary["best_accuracy"] >= 0 else "no validation episodes")
     print(f"trained {args.method} for {summary['episodes']} episodes in "
-          f"{summary['elapsed_seconds']:.0f} s; best validation accuracy "
-          f"{max(summary['best_accuracy'], 0) * 100:.2f}%; run in {out}", file=sys.stderr)
+          f"{summary['elapsed_seconds']:.0f} s; {validation}; run in {out}", file=sys.stderr)
     return 0
 
 

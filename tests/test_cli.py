@@ -262,6 +262,7 @@ def test_knn_train_then_eval(capsys, tmp_path: Path) -> None:
                          "--episodes", 0, "--val-episodes", 0, "--out", out_dir, "--quiet",
                          "--threads", 1)
     assert code == 0, err
+    assert "trained knn for 0 episodes" in err and "no validation episodes" in err
     assert {"config.json", "best.safetensors", "last.safetensors"} <= {
         p.name for p in out_dir.iterdir()}
     assert json.loads((out_dir / "config.json").read_text())["method"] == "knn"

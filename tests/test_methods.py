@@ -118,6 +118,18 @@ def test_protonet_loss_accuracy_counts_mistakes() -> None:
     assert metrics["accuracy"] == 0.5
 
 
+def test_protonet_euclidean_distance_is_the_root_with_finite_gradients() -> None:
+    episode = _pixel_episode()
+    learner = build_learner("protonet", {"backbone": "pixels", "distance": "euclidean"}, (1, 2, 2))
+    logits = learner(episode.support_x, episode.support_y, episode.query_x)
+    assert torch.allclose(logits, -HAND_DISTANCES.sqrt())
+    # a query exactly on its prototype: distance 0, and still a finite gradient
+    support_x = episode.support_x[2:].clone().requires_grad_(True)
+    on_prototype = learner(support_x, torch.tensor([0]), episode.support_x[2:])
+    on_prototype.sum().backward()
+    assert on_prototype.abs().max() < 1e-5 and bool(torch.isfinite(support_x.grad).all())
+
+
 def test_protonet_cosine_distance() -> None:
     episode = _pixel_episode()
     learner = build_learner("protonet", {"backbone": "pixels", "distance": "cosine"}, (1, 2, 2))

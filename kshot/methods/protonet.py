@@ -24,7 +24,7 @@ class ProtoNetConfig:
     hidden: int = 64
     """Channels of each conv4 block."""
     distance: str = "sqeuclidean"
-    """sqeuclidean (the paper) or cosine."""
+    """sqeuclidean (the paper), euclidean (easyfsl's choice) or cosine."""
     temperature: float = 1.0
     """Logits are -distance / temperature (cosine: similarity / temperature)."""
 
@@ -43,6 +43,9 @@ def squared_distances(queries: torch.Tensor, prototypes: torch.Tensor) -> torch.
             + prototypes.pow(2).sum(-1).unsqueeze(1)).clamp_min(0)
 
 
+DISTANCES = ("sqeuclidean", "euclidean", "cosine")
+
+
 @register
 class ProtoNet(Learner):
     name = "protonet"
@@ -50,8 +53,8 @@ class ProtoNet(Learner):
 
     def __init__(self, config: ProtoNetConfig, item_shape: tuple[int, ...]) -> None:
         super().__init__(config, item_shape)
-        if config.distance not in ("sqeuclidean", "cosine"):
-            raise KShotError(f"unknown distance {config.distance!r}; use sqeuclidean or cosine")
+        if config.distance not in DISTANCES:
+            raise KShotError(f"unknown distance {config.distance!r}; use one of {', '.join(DISTANCES)}")
         options = {"hidden": config.hidden} if config.backbone == "conv4" else {}
         self.backbone = build_backbone(config.backbone, item_shape, **options)
 
@@ -62,6 +65,9 @@ class ProtoNet(Learner):
         prototypes = class_means(support_emb, support_y, n_way)
         if self.config.distance == "cosine":
             logits = F.normalize(query_emb, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(1, 2)
+        elif self.config.distance == "euclidean":
+            # the square root's gradient is infinite at 0: keep it finite for a query on a prototype
+            logits = -squared_distances(query_emb, prototypes).clamp_min(1e-12).sqrt()
         else:
             logits = -squared_distances(query_emb, prototypes)
         logits = logits / self.config.temperature
