@@ -152,11 +152,11 @@ def test_read_idx_missing_file(tmp_path: Path) -> None:
 # --- load_mnist's structural checks ------------------------------------------------------------
 
 
-def write_test_pair(data_dir: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write a small test pair where ``load_mnist`` looks for it: ``<data_dir>/mnist/``."""
-    (data_dir / "mnist").mkdir(exist_ok=True)
-    write_idx(data_dir / "mnist" / "t10k-images-idx3-ubyte.gz", images, compress=True)
-    write_idx(data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz", labels, compress=True)
+def write_test_pair(data_dir: Path, images: np.ndarray, labels: np.ndarray) -> tuple[Path, Path]:
+    """Write a small test pair where ``load_mnist`` looks for it; return (images, labels) paths."""
+    paths = [data_dir / MNIST_RESOURCES["test"][kind].filename for kind in ("images", "labels")]
+    paths[0].parent.mkdir(exist_ok=True)
+    return write_idx(paths[0], images, compress=True), write_idx(paths[1], labels, compress=True)
 
 
 def test_load_mnist_small_valid_pair(tmp_path: Path) -> None:
@@ -183,9 +183,9 @@ def test_load_mnist_structural_checks(tmp_path: Path, images, labels, message: s
 
 
 def test_load_mnist_swapped_files_fail_the_magic_check(tmp_path: Path) -> None:
-    write_test_pair(tmp_path, np.zeros((2, 28, 28), np.uint8), np.zeros(2, np.uint8))
-    images_file = tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
-    labels_file = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    images_file, labels_file = write_test_pair(
+        tmp_path, np.zeros((2, 28, 28), np.uint8), np.zeros(2, np.uint8)
+    )
     images_bytes = images_file.read_bytes()
     images_file.write_bytes(labels_file.read_bytes())
     labels_file.write_bytes(images_bytes)
