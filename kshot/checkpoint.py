@@ -100,30 +100,46 @@ def load_learner_state(learner: torch.nn.Module, tensors: dict[str, torch.Tensor
     learner.load_state_dict(state)
 
 
-def load_run(run_dir: str | Path, which: str = "best", method: str | None = None):
-    """Rebuild the learner of a run and load its ``best`` (or ``last``) weights.
+def load_run(run_dir: str | Path, which: str = "auto", method: str | None = None):
+    """Rebuild the learner of a run and load the weights it is scored with.
 
-    Returns ``(learner, run_config, checkpoint_metadata)``. ``method`` (when given) must match the
-    run's method.
+    ``which`` is ``best`` (the checkpoint selected on validation classes), ``last`` (the final
+    state), or ``auto``: ``best`` when the run selected one, else ``last`` (a run without
+    validation, e.g. trained on trainval, keeps its last checkpoint). Returns ``(learner,
+    run_config, checkpoint_metadata)``; the metadata's ``checkpoint`` says which was loaded and
+    ``note`` why, when that is not the one asked for. ``method`` (when given) must match.
     """
     from kshot.methods.base import build_learner
 
+    if which not in ("auto", "best", "last"):
+        raise KShotError(f"unknown checkpoint {which!r}; use best, last or auto")
     run_config = read_run_config(run_dir)
     if method is not None and run_config.get("method") != method:
         raise KShotError(f"{run_dir} holds a {run_config.get('method')!r} run, not {method!r}; pass "
                          f"a run directory of {method!r} or the matching method name")
     item_shape = tuple(run_config["data"]["item_shape"])
     learner = build_learner(run_config["method"], run_config["method_config"], item_shape)
-    path = Path(run_dir) / f"{which}.safetensors"
-    if not path.is_file() and which == "best":
-        path = Path(run_dir) / "last.safetensors"
+    chosen, note = which, None
+    if which == "auto":
+        chosen = "best" if (Path(run_dir) / "best.safetensors").is_file() else "last"
+        if chosen == "last" and _validates(run_config):
+            note = (f"{run_dir} has no best checkpoint yet (no validation has run): scoring its "
+                    "last checkpoint")
+    path = Path(run_dir) / f"{chosen}.safetensors"
     tensors, metadata = load_checkpoint(path)
     if metadata.get("method") not in (None, run_config["method"]):
         raise KShotError(f"{path} is a {metadata.get('method')!r} checkpoint but {run_dir} is a "
                          f"{run_config['method']!r} run; retrain the run")
     load_learner_state(learner, tensors, path)
     learner.eval()
-    return learner, run_config, metadata
+    return learner, run_config, {**metadata, "checkpoint": chosen, "note": note}
+
+
+def _validates(run_config: dict[str, Any]) -> bool:
+    """Whether a run selects a best checkpoint on validation classes."""
+    data, train = run_config.get("data", {}), run_config.get("train_config", {})
+    return (data.get("dataset") == "omniglot" and data.get("train_subset", "train") == "train"
+            and train.get("val_episodes", 0) > 0 and train.get("episodes", 0) > 0)
 
 
 def load_run_backbone(run_dir: str | Path, item_shape: tuple[int, ...]) -> torch.nn.Module:

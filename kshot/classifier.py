@@ -25,19 +25,34 @@ from kshot.methods.base import Learner
 class FewShotClassifier:
     """Learn classes from a few labelled images (``fit``), then label new images (``predict``)."""
 
-    def __init__(self, learner: Learner, device: str | torch.device = "cpu") -> None:
+    def __init__(self, learner: Learner, device: str | torch.device = "cpu",
+                 seen_classes: Sequence[str] = (), namespace: str = "folder",
+                 allow_overlap: bool = False) -> None:
         self.learner = learner.to(device).eval()
+        self.seen_classes = tuple(seen_classes)
+        self.namespace = namespace
+        self.allow_overlap = allow_overlap
+        self.overlap_ = 0
+        self.run_dir: str | None = None
         self.device = torch.device(device)
         self.classes_: np.ndarray | None = None
         self._support_x: torch.Tensor | None = None
         self._support_y: torch.Tensor | None = None
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> FewShotClassifier:
+    def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu",
+                 namespace: str = "folder", allow_overlap: bool = False) -> FewShotClassifier:
+        """The learner of a trained run. ``fit`` refuses labels naming classes the run trained or
+        validated on (ids ``<namespace>:<label>``, e.g. ``folder:cat``, ``mnist:3``) unless
+        ``allow_overlap``; ``overlap_`` counts them after ``fit``."""
         from kshot.checkpoint import load_run
+        from kshot.protocol import read_seen
 
         learner, _, _ = load_run(run_dir)
-        return cls(learner, device)
+        seen = () if allow_overlap else [c for part in read_seen(run_dir).values() for c in part]
+        classifier = cls(learner, device, seen, namespace, allow_overlap)
+        classifier.run_dir = str(run_dir)
+        return classifier
 
     def _as_items(self, images: Any, what: str) -> torch.Tensor:
         items = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
@@ -59,6 +74,13 @@ class FewShotClassifier:
         if labels.ndim != 1 or len(labels) != len(support_x):
             raise KShotError(f"need one label per support image: {len(support_x)} images, "
                              f"{labels.size} labels")
+        if self.seen_classes:
+            from kshot.protocol import check_overlap_sets
+
+            scored = [f"{self.namespace}:{label}" for label in np.unique(labels)]
+            self.overlap_ = check_overlap_sets(self.seen_classes, scored, "the support labels",
+                                               self.run_dir or "the run",
+                                               self.allow_overlap)
         self.classes_, encoded = np.unique(labels, return_inverse=True)
         self._support_x = support_x
         self._support_y = torch.as_tensor(encoded, dtype=torch.long, device=self.device)

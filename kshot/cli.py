@@ -95,6 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kshot.checkpoint import read_run_config, write_run_config
     from kshot.datasets import load_dataset
     from kshot.methods.base import build_learner, config_from_dict, config_to_dict, get_method
+    from kshot.protocol import check_overlap_sets, class_ids, inherited_classes, write_seen
     from kshot.train import TrainConfig, Trainer
 
     set_threads(args.threads)
@@ -121,11 +122,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "folder": str(args.folder) if args.folder else None}
     # everything that can fail on bad input happens before anything is written
     common = {"split": data["split"], "image_size": data["image_size"],
-              "rotations": data["rotations"], "data_dir": args.data_dir, "folder": data["folder"],
-              "progress": not args.quiet}
-    train_data = load_dataset(data["dataset"], subset=data["train_subset"], **common)
-    val_data = load_dataset(data["dataset"], subset="val", **common) if data["dataset"] == "omniglot" \
-        else None
+              "data_dir": args.data_dir, "folder": data["folder"], "progress": not args.quiet}
+    train_data = load_dataset(data["dataset"], subset=data["train_subset"],
+                              rotations=data["rotations"], **common)
+    # validation selects the best checkpoint, so it must be on classes the run does not train on:
+    # a trainval run keeps its last checkpoint (a schedule fixed beforehand, as Snell et al.)
+    val_data = None
+    if data["dataset"] == "omniglot" and data["train_subset"] == "train":
+        val_data = load_dataset(data["dataset"], subset="val", **common)
     data["item_shape"] = list(train_data.item_shape)
     torch.manual_seed(train_config.seed)
     learner = build_learner(args.method, method_config, train_data.item_shape)
@@ -133,8 +137,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                       progress=not args.quiet)
     trainer.learning_rate(0)  # validates the schedule name
     if not existing:
+        inherited = inherited_classes(method_config)
+        if inherited:  # reused weights: refuse now if this run's own test set is what they saw
+            test_data = load_dataset(data["dataset"], subset="test", **common)
+            check_overlap_sets(inherited, class_ids(test_data), test_data.name,
+                               "the run this one reuses", args.allow_overlap)
+        uses_training = learner.trainable and train_config.episodes > 0
         write_run_config(out, {"method": args.method, "method_config": config_to_dict(method_config),
                                "train_config": asdict(train_config), "data": data})
+        write_seen(out, class_ids(train_data) if uses_training else (),
+                   class_ids(val_data) if val_data is not None and uses_training else (), inherited)
     try:
         summary = trainer.fit(resume=args.resume)
     except KeyboardInterrupt as stop:
@@ -153,19 +165,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from kshot.data.episodes import EpisodeSampler
     from kshot.datasets import DEFAULT_SPLITS, load_dataset
     from kshot.evaluate import evaluate, evaluate_lake_runs
+    from kshot.protocol import check_overlap, class_ids, lake_run_class_ids
 
     set_threads(args.threads)
     device = resolve_device(args.device)
-    learner, run_config, _ = load_run(args.run_dir)
+    learner, run_config, checkpoint = load_run(args.run_dir)
     learner.to(device)
     data = run_config["data"]
+    scored_checkpoint = {"run": str(args.run_dir), "checkpoint": checkpoint["checkpoint"],
+                         "checkpoint_episodes": checkpoint.get("episodes")}
+    if checkpoint.get("note") and not args.json:
+        print(f"kshot: note: {checkpoint['note']}", file=sys.stderr)
     if args.lake_runs:
+        overlap = check_overlap(args.run_dir, lake_run_class_ids(args.data_dir),
+                                "Lake's 20 runs", args.allow_overlap)
         result = evaluate_lake_runs(learner, image_size=learner.item_shape[-1],
                                     data_dir=args.data_dir, device=device)
         record = {"method": run_config["method"], "dataset": "omniglot", "split": "lake-runs",
                   "ways": 20, "shots": 1, "episodes": 20, "error": round(result["error"], 3),
-                  "per_run": [round(e, 2) for e in result["per_run"]],
-                  "seconds": round(result["seconds"], 3)}
+                  "per_run": [round(e, 2) for e in result["per_run"]], "overlap": overlap,
+                  **scored_checkpoint, "seconds": round(result["seconds"], 3)}
         if args.json:
             _print_json(record)
         else:
@@ -176,21 +195,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = args.split or (data["split"] if dataset == data["dataset"] else None) or \
         DEFAULT_SPLITS.get(dataset)
     test_data = load_dataset(dataset, split=split, subset="test", image_size=learner.item_shape[-1],
-                             rotations=data["rotations"] if dataset == data["dataset"] else None,
-                             data_dir=args.data_dir, folder=args.folder, progress=not args.json)
+                             test_rotations=args.test_rotations, data_dir=args.data_dir,
+                             folder=args.folder, progress=not args.json)
+    overlap = check_overlap(args.run_dir, class_ids(test_data), test_data.name, args.allow_overlap)
     sampler = EpisodeSampler(test_data, args.ways, args.shots, args.queries, seed=args.seed)
     report = evaluate(learner, sampler, args.episodes, batch_size=args.batch_size, device=device,
                       progress=not args.json)
     record = {"method": run_config["method"], "dataset": dataset, "split": split,
-              "ways": args.ways, "shots": args.shots, "episodes": args.episodes, "seed": args.seed,
+              "test_set": test_data.name, "test_classes": test_data.n_classes,
+              "test_rotations": bool(test_data.meta.get("rotations", False)),
+              "ways": args.ways, "shots": args.shots, "queries": args.queries,
+              "episodes": args.episodes, "seed": args.seed,
               "accuracy": round(report.accuracy * 100, 3), "ci95": round(report.ci95 * 100, 3),
-              "seconds": round(report.seconds, 3)}
+              "overlap": overlap, **scored_checkpoint, "seconds": round(report.seconds, 3),
+              "episodes_per_s": round(report.episodes_per_second, 2)}
     if args.json:
         _print_json(record)
     else:
-        print(f"{run_config['method']} on {dataset}/{split}: {args.ways}-way {args.shots}-shot, "
-              f"{args.episodes} episodes: {report.accuracy * 100:.2f} ± {report.ci95 * 100:.2f}% "
-              f"({report.episodes_per_second:.0f} episodes/s)")
+        rotated = ", with rotations" if record["test_rotations"] else ""
+        print(f"{run_config['method']} ({checkpoint['checkpoint']} checkpoint) on "
+              f"{test_data.name} ({test_data.n_classes} classes{rotated}): {args.ways}-way "
+              f"{args.shots}-shot, {args.episodes} episodes: {report.accuracy * 100:.2f} ± "
+              f"{report.ci95 * 100:.2f}% ({report.episodes_per_second:.0f} episodes/s)"
+              + (f"; {overlap} of the classes were seen in training" if overlap else ""))
     return 0
 
 
@@ -200,7 +227,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from kshot.data.folder import load_folder, load_images
 
     set_threads(args.threads)
-    classifier = FewShotClassifier.from_run(args.run_dir, resolve_device(args.device))
+    classifier = FewShotClassifier.from_run(args.run_dir, resolve_device(args.device),
+                                            allow_overlap=args.allow_overlap)
     size = classifier.learner.item_shape[-1]
     support = load_folder(args.support, size, invert=args.invert)
     queries = load_images(args.images, size, invert=args.invert)
@@ -311,21 +339,25 @@ def build_parser() -> argparse.ArgumentParser:
     for name, cls in sorted(METHODS.items()):
         sub = methods.add_parser(name, help=(cls.__doc__ or name).strip().split("\n")[0])
         sub.add_argument("--dataset", default="omniglot", choices=DATASETS)
-        sub.add_argument("--split", default=None, help="omniglot: vinyals, lake, small1, small2; mnist: test or train")
+        sub.add_argument("--split", default=None, help="omniglot: vinyals (default), lake, small1, "
+                         "small2, random; mnist, digits, folder: heldout (default) or all; iris: all")
         sub.add_argument("--image-size", type=int, default=28)
         sub.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
-                         help="rotated characters as extra classes (default: on for vinyals)")
+                         help="rotated characters as extra training classes (default: the "
+                         "split's convention, on for vinyals); never changes the test set")
         sub.add_argument("--train-on", default="train", choices=["train", "trainval"])
         sub.add_argument("--folder", help="root of --dataset folder")
         sub.add_argument("--out", required=True, help="run directory")
         sub.add_argument("--resume", action="store_true", help="continue the run in --out")
+        sub.add_argument("--allow-overlap", action="store_true", help="reuse the weights of a "
+                         "run that saw this split's test classes (--embedding-run) anyway")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
         runtime(sub)
         add_config_options(sub, TrainConfig, "t_")
         add_config_options(sub, cls.Config, "m_")
         sub.set_defaults(func=cmd_train)
 
-    ev = commands.add_parser("eval", help="score a run's best checkpoint on test episodes")
+    ev = commands.add_parser("eval", help="score a run on test episodes of classes it never saw")
     ev.add_argument("run_dir")
     ev.add_argument("--ways", type=int, default=5)
     ev.add_argument("--shots", type=int, default=1)
@@ -337,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", choices=DATASETS, help="score on another data set (transfer)")
     ev.add_argument("--split", help="split of --dataset")
     ev.add_argument("--folder", help="root of --dataset folder")
+    ev.add_argument("--test-rotations", action=argparse.BooleanOptionalAction, default=None,
+                    help="Omniglot test characters rotated by 90/180/270 as extra classes "
+                    "(default: the split's convention: on for vinyals, off for lake)")
+    ev.add_argument("--allow-overlap", action="store_true", help="score classes the run trained "
+                    "or validated on anyway (refused by default; the JSON line counts them)")
     ev.add_argument("--json", action="store_true", help="print one JSON line")
     runtime(ev)
     ev.set_defaults(func=cmd_eval)
@@ -348,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--invert", default="auto", choices=["auto", "yes", "no"],
                     help="invert dark-on-light images (auto: per image)")
     pr.add_argument("--json", action="store_true")
+    pr.add_argument("--allow-overlap", action="store_true", help="support classes named like "
+                    "classes the run trained on (folder:<name>) are refused unless this is given")
     runtime(pr)
     pr.set_defaults(func=cmd_predict)
 

@@ -1,14 +1,45 @@
-"""Data sets by name: one entry point from the CLI's ``--dataset/--split`` to a ClassDataset."""
+"""Data sets by name: one entry point from the CLI's ``--dataset/--split`` to a ClassDataset.
+
+Every data set has held-out classes, so a run is never scored on the classes it learned:
+
+* ``omniglot``: ``vinyals`` (default; the published split), ``lake``, ``small1``, ``small2``,
+  ``random`` (see :mod:`kshot.data.omniglot`).
+* ``mnist`` and ``digits``: ``heldout`` (default): digits 0-4 are ``train`` (and ``trainval``),
+  digits 5-9 are ``test``; there is no ``val`` part. ``all``: every subset is all ten digits, for
+  scoring a run trained on *another* data set (Koch et al.'s 10-way MNIST test); a run trained on
+  ``all`` is refused on it by the overlap guard. MNIST episodes come from the official test file
+  (10,000 images, the one every machine of this project has).
+* ``folder``: ``heldout`` (default): the class folders, sorted by name and permuted by
+  ``numpy.random.default_rng(0)``; the last fifth (at least one) are ``test``, the rest ``train``.
+  ``all``: every class in every subset (score a run on another folder with
+  ``kshot eval RUN --dataset folder --folder OTHER --split all``).
+* ``iris``: three classes cannot be split: ``all`` only; iris is the chapter-1 demo's data, and the
+  overlap guard refuses to score an iris run on iris.
+
+Every data set's ``meta["namespace"]`` names it; with the class names that gives the stable class
+ids (:func:`kshot.protocol.class_ids`) that runs record and the guard compares.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from kshot.data.dataset import ClassDataset
 from kshot.errors import KShotError
 
 DATASETS = ("omniglot", "mnist", "digits", "iris", "folder")
-DEFAULT_SPLITS = {"omniglot": "vinyals", "mnist": "test"}
+DEFAULT_SPLITS = {"omniglot": "vinyals", "mnist": "heldout", "digits": "heldout",
+                  "folder": "heldout", "iris": "all"}
+CLASS_SPLITS = {"mnist": ("heldout", "all"), "digits": ("heldout", "all"),
+                "folder": ("heldout", "all"), "iris": ("all",)}
+"""The splits of the data sets that are not Omniglot."""
+DIGIT_TRAIN_CLASSES = 5
+"""``heldout`` split of mnist and digits: classes 0..4 train, 5..9 test."""
+FOLDER_TEST_SHARE = 0.2
+"""``heldout`` split of folder data: the share of classes held out for testing."""
 
 
 def load_dataset(
@@ -20,40 +51,68 @@ def load_dataset(
     data_dir: str | Path | None = None,
     folder: str | Path | None = None,
     progress: bool = True,
+    test_rotations: bool | None = None,
 ) -> ClassDataset:
-    """One subset of a named data set.
+    """One subset (``train``, ``val``, ``trainval``, ``test``) of a split of a named data set.
 
-    * ``omniglot``: ``split`` = ``vinyals`` or ``lake``; ``subset`` = train / val / trainval / test.
-    * ``mnist``: ``split`` = the file (``test``, or ``train`` where the user has it); every subset
-      is all ten digits (MNIST is a transfer target: Koch et al.'s 10-way one-shot test).
-    * ``digits``, ``iris`` (scikit-learn) and ``folder`` (``root/<class>/<images>``): every subset is
-      every class.
+    ``rotations`` (Omniglot) augments the training subsets only; ``test_rotations`` (an evaluation
+    option) sets the rotations of the Omniglot test set, which otherwise follow the split.
     """
+    if dataset not in DATASETS:
+        raise KShotError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
+    split = split or DEFAULT_SPLITS[dataset]
     if dataset == "omniglot":
         from kshot.data.omniglot import load_omniglot
 
-        return load_omniglot(split or DEFAULT_SPLITS["omniglot"], subset, image_size, rotations, data_dir,
-                             progress=progress)
+        return load_omniglot(split, subset, image_size, rotations, data_dir, progress=progress,
+                             test_rotations=test_rotations)
+    if split not in CLASS_SPLITS[dataset]:
+        raise KShotError(f"unknown split {split!r} of {dataset}; choose one of "
+                         f"{list(CLASS_SPLITS[dataset])}")
+    if subset not in ("train", "val", "trainval", "test"):
+        raise KShotError(f"unknown subset {subset!r}; choose train, val, trainval or test")
     if dataset == "mnist":
         from kshot.data.mnist import load_mnist
 
-        data = load_mnist(split or DEFAULT_SPLITS["mnist"], data_dir=data_dir, progress=progress)
-        return _resized(data, image_size)
-    if dataset == "digits":
+        data = _resized(load_mnist("test", data_dir=data_dir, progress=progress), image_size)
+    elif dataset == "digits":
         from kshot.data.toy import load_digits
 
-        return load_digits()
-    if dataset == "iris":
+        data = load_digits()
+    elif dataset == "iris":
         from kshot.data.toy import load_iris
 
-        return load_iris()
-    if dataset == "folder":
+        data = load_iris()
+    else:
         from kshot.data.folder import load_folder
 
         if not folder:
             raise KShotError("--dataset folder needs --folder PATH (a folder of class sub-folders)")
-        return load_folder(folder, image_size)
-    raise KShotError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
+        data = load_folder(folder, image_size)
+    classes = held_out_classes(dataset, split, subset, data.n_classes)
+    if classes is None:
+        raise KShotError(f"{dataset}/{split} has no {subset} part; train on train (the held-out "
+                         "split has no validation classes)")
+    part = data.subset(torch.from_numpy(classes), name=f"{dataset}/{split}/{subset}")
+    part.meta.update(dataset=dataset, split=split, subset=subset, namespace=dataset)
+    return part
+
+
+def held_out_classes(dataset: str, split: str, subset: str, n_classes: int) -> np.ndarray | None:
+    """Class indices of one subset of a non-Omniglot split (``None``: the split has no such part)."""
+    every = np.arange(n_classes)
+    if split == "all":
+        return every
+    if dataset in ("mnist", "digits"):
+        train, test = every[:DIGIT_TRAIN_CLASSES], every[DIGIT_TRAIN_CLASSES:]
+    else:
+        n_test = max(1, round(n_classes * FOLDER_TEST_SHARE))
+        if n_classes < 2:
+            raise KShotError(f"a folder of {n_classes} class cannot hold classes out; use --split "
+                             "all and score the run on another folder")
+        permutation = np.random.default_rng(0).permutation(n_classes)
+        train, test = np.sort(permutation[:-n_test]), np.sort(permutation[-n_test:])
+    return {"train": train, "trainval": train, "test": test, "val": None}[subset]
 
 
 def _resized(data: ClassDataset, image_size: int) -> ClassDataset:

@@ -1,7 +1,8 @@
 """One episodic Trainer for every learner.
 
 Meta-batches of episodes, Adam with a step or cosine schedule, periodic validation on fixed
-episodes, the best checkpoint kept, a progress bar, a JSONL metrics file, and resume: the state is
+episodes, the best checkpoint kept (only when there are validation classes the run does not train
+on; otherwise the last checkpoint is the run's result), a progress bar, a JSONL metrics file, and resume: the state is
 checkpointed every ``checkpoint_every_s`` seconds, at every validation, and when the process gets
 SIGINT/SIGTERM; because episode ``i`` is a pure function of ``(seed, i)``, a resumed run sees exactly
 the episodes the uninterrupted run would have seen.
@@ -208,7 +209,6 @@ class Trainer:
         config = self.config
         if self.optimizer is None:  # nothing to learn (kNN): record the model, mark it done
             self.validate()
-            save_checkpoint(self.run_dir, "best", learner_state(self.learner), self._metadata(True))
             self.save_last(finished=True)
             return self._metadata(True)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -263,6 +263,4 @@ class Trainer:
         if self._stop_signal is not None and not finished:
             raise KeyboardInterrupt(f"stopped at episode {self.step * config.meta_batch}; continue "
                                     "with --resume")
-        if self.best_accuracy < 0 and self.val_sampler is None:
-            save_checkpoint(self.run_dir, "best", learner_state(self.learner), self._metadata(True))
         return self._metadata(finished)

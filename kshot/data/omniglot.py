@@ -17,10 +17,18 @@ Splits (each with ``train`` / ``val`` / ``test`` subsets, and ``trainval`` = tra
 * ``small1`` / ``small2``: Lake et al.'s "minimal" 5-alphabet background sets (136 / 156 characters,
   each with a fixed 10% validation slice, ``default_rng(0).permutation``) against the 20 evaluation
   alphabets.
-* ``vinyals``: all 1623 characters (background then evaluation, each sorted by alphabet and
-  character name) permuted by ``numpy.random.default_rng(0).permutation(1623)``; the first 1028 are
-  ``train``, the next 172 ``val`` (1200 training characters in all, as in Vinyals et al. and Snell et
-  al.), the last 423 ``test``. Rotations by 0/90/180/270° are extra classes in every subset.
+* ``vinyals``: the split of Vinyals et al. 2016 as distributed with Snell et al.'s code and used by
+  every paper that reports on it, by alphabet: ``test`` = Gurmukhi character42-character45 and the
+  13 alphabets of ``VINYALS_TEST_ALPHABETS`` (423 characters); ``val`` = the 5 alphabets of
+  ``VINYALS_VAL_ALPHABETS`` (172); ``train`` = every other character (1028). Each character rotated
+  by 90/180/270° is a new class in all three parts (4112 / 688 / 1692 classes), as published.
+* ``random``: all 1623 characters permuted by ``numpy.random.default_rng(0).permutation(1623)``,
+  1028 / 172 / 423: unseen characters of *seen* alphabets (easier than ``vinyals``; kept only to
+  compare with kshot's earlier figures).
+
+A split defines its test set: rotations of ``test`` (and of ``val``, which selects checkpoints) are
+the split's convention (on for ``vinyals`` and ``random``, off for ``lake`` / ``small*``); the
+``rotations`` argument changes the training subsets only, unless ``test_rotations`` is given.
 """
 
 from __future__ import annotations
@@ -59,8 +67,18 @@ ARCHIVES: dict[str, tuple[Resource, int | None, int | None]] = {
 LAKE_RUNS = Resource("omniglot/all_runs.zip", _BASE + "one-shot-classification/all_runs.zip")
 DRAWERS_PER_CHARACTER = 20
 VINYALS_SIZES = (1028, 172, 423)
+VINYALS_TEST_ALPHABETS = (
+    "Kannada", "Keble", "Malayalam", "Manipuri", "Mongolian", "Old_Church_Slavonic_(Cyrillic)",
+    "Oriya", "Sylheti", "Syriac_(Serto)", "Tengwar", "Tibetan", "ULOG")
+"""Evaluation alphabets wholly in the test part of the ``vinyals`` split (with Gurmukhi 42-45)."""
+VINYALS_TEST_GURMUKHI_FROM = 42
+"""Gurmukhi characters from this number on are test characters of ``vinyals``; those before, train."""
+VINYALS_VAL_ALPHABETS = ("Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)")
+"""Background alphabets that make up the validation part of the ``vinyals`` split."""
 LAKE_VAL_CHARACTERS = 100
-SPLITS = ("lake", "vinyals", "small1", "small2")
+SPLITS = ("lake", "vinyals", "small1", "small2", "random")
+ROTATED_SPLITS = ("vinyals", "random")
+"""Splits whose published validation and test sets hold every character at 4 rotations."""
 SUBSETS = ("train", "val", "trainval", "test")
 
 _ITEM = re.compile(r"^(images_[a-z0-9_]+)/([^/]+)/(character\d+)/([^/]+\.png)$")
@@ -167,20 +185,39 @@ def load_archive(
     return ClassDataset(images, offsets, tuple(characters), f"omniglot/{archive}", meta)
 
 
-def _subset_classes(split: str, subset: str, n_background: int, n_total: int) -> np.ndarray:
-    """Character indices (into background-then-evaluation order) of one subset of a split."""
-    if split != "vinyals":
-        n_val = LAKE_VAL_CHARACTERS if split == "lake" else max(1, n_background // 10)
-        permutation = np.random.default_rng(0).permutation(n_background)
-        val = np.sort(permutation[-n_val:])
-        train = np.sort(permutation[:-n_val])
-        test = np.arange(n_background, n_total)
-    else:
+def _vinyals_part(character: str) -> str:
+    """``train``, ``val`` or ``test``: the part of the published Vinyals split a character is in."""
+    alphabet, name = character.split("/")
+    if alphabet in VINYALS_VAL_ALPHABETS:
+        return "val"
+    if alphabet in VINYALS_TEST_ALPHABETS:
+        return "test"
+    if alphabet == "Gurmukhi" and int(name.removeprefix("character")) >= VINYALS_TEST_GURMUKHI_FROM:
+        return "test"
+    return "train"
+
+
+def _subset_classes(split: str, subset: str, characters: list[str], n_background: int) -> np.ndarray:
+    """Character indices (into ``characters``: background then evaluation) of a subset of a split."""
+    n_total = len(characters)
+    if split == "vinyals":
+        parts = np.array([_vinyals_part(c) for c in characters])
+        train, val, test = (np.flatnonzero(parts == part) for part in ("train", "val", "test"))
+        if (len(train), len(val), len(test)) != VINYALS_SIZES:
+            raise KShotError(f"the vinyals split needs the official archives: got {len(train)} / "
+                             f"{len(val)} / {len(test)} characters, expected {VINYALS_SIZES}")
+    elif split == "random":
         permutation = np.random.default_rng(0).permutation(n_total)
         n_train, n_val, _ = VINYALS_SIZES
         train = np.sort(permutation[:n_train])
         val = np.sort(permutation[n_train : n_train + n_val])
         test = np.sort(permutation[n_train + n_val :])
+    else:
+        n_val = LAKE_VAL_CHARACTERS if split == "lake" else max(1, n_background // 10)
+        permutation = np.random.default_rng(0).permutation(n_background)
+        val = np.sort(permutation[-n_val:])
+        train = np.sort(permutation[:-n_val])
+        test = np.arange(n_background, n_total)
     return {"train": train, "val": val, "trainval": np.sort(np.concatenate([train, val])),
             "test": test}[subset]
 
@@ -193,11 +230,14 @@ def load_omniglot(
     data_dir: str | Path | None = None,
     download: bool = True,
     progress: bool = True,
+    test_rotations: bool | None = None,
 ) -> ClassDataset:
     """One subset of an Omniglot split (see the module docstring for the definitions).
 
-    ``rotations`` adds each character rotated by 90/180/270° as new classes; ``None`` means the
-    split's convention (on for ``vinyals``, off for ``lake``).
+    ``rotations`` adds each character rotated by 90/180/270° as new classes to the *training*
+    subsets (``train``, ``trainval``); ``None`` means the split's convention. ``val`` and ``test``
+    always follow the split (rotated for ``vinyals``), except that ``test_rotations`` (an evaluation
+    option, never a training flag) may set the test set's rotations explicitly.
     """
     if split not in SPLITS:
         raise KShotError(f"unknown Omniglot split {split!r}; choose one of {list(SPLITS)}")
@@ -205,7 +245,7 @@ def load_omniglot(
         raise KShotError(f"unknown subset {subset!r}; choose one of {list(SUBSETS)}")
     archive = f"images_background_{split}" if split.startswith("small") else "images_background"
     background = load_archive(archive, image_size, data_dir, download, progress)
-    need_evaluation = split == "vinyals" or subset == "test"
+    need_evaluation = split in ROTATED_SPLITS or subset == "test"
     if need_evaluation:
         evaluation = load_archive("images_evaluation", image_size, data_dir, download, progress)
         both = ClassDataset(
@@ -217,15 +257,22 @@ def load_omniglot(
         )
     else:
         both = background
-    classes = _subset_classes(split, subset, background.n_classes,
-                              background.n_classes + (evaluation.n_classes if need_evaluation else 0))
+    classes = _subset_classes(split, subset, list(both.class_names), background.n_classes)
     dataset = both.subset(torch.from_numpy(classes), name=f"omniglot/{split}/{subset}")
     alphabets = both.meta["alphabets"]
     dataset.meta["alphabets"] = [alphabets[int(c)] for c in classes]
-    if rotations if rotations is not None else split == "vinyals":
+    convention = split in ROTATED_SPLITS
+    if subset in ("train", "trainval"):
+        rotate = convention if rotations is None else rotations
+    elif subset == "test" and test_rotations is not None:
+        rotate = test_rotations
+    else:
+        rotate = convention
+    if rotate:
         dataset = dataset.with_rotations()
         dataset.meta["alphabets"] = dataset.meta["alphabets"] * 4
-    dataset.meta.update(split=split, subset=subset, image_size=image_size)
+    dataset.meta.update(split=split, subset=subset, image_size=image_size, rotations=bool(rotate),
+                        namespace="omniglot")
     return dataset
 
 
