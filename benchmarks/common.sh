@@ -15,3 +15,10 @@ train_run() {
 run_summary() {
   python -c "import json; m=json.load(open('$1/last.json')); print(json.dumps({'run': '$1', 'episodes': m['episodes'], 'train_seconds': m['elapsed_seconds'], 'best_val_accuracy': round(m['best_accuracy']*100, 2)}))"
 }
+
+# Wait for every background job of the calling shell; fail if any failed.
+wait_all() {
+  local failed=0
+  for job in $(jobs -p); do wait "$job" || failed=1; done
+  return $failed
+}

@@ -70,10 +70,10 @@ def collect_config(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
             if key.startswith(prefix) and value is not None}
 
 
-def set_threads(threads: int | None) -> None:
+def set_threads(threads: int | None, compile: bool | None = None) -> None:
     from kshot.runtime import configure_cpu
 
-    configure_cpu(threads)
+    configure_cpu(threads, compile)
 
 
 def resolve_device(name: str) -> str:
@@ -95,10 +95,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kshot.checkpoint import read_run_config, write_run_config
     from kshot.datasets import load_dataset
     from kshot.methods.base import build_learner, config_from_dict, config_to_dict, get_method
-    from kshot.protocol import check_overlap_sets, class_ids, inherited_classes, write_seen
+    from kshot.protocol import check_overlap_sets, class_ids, inherited_classes
     from kshot.train import TrainConfig, Trainer
 
-    set_threads(args.threads)
+    set_threads(args.threads, args.compile)
     device = resolve_device(args.device)
     out = Path(args.out)
     method_cls = get_method(args.method)
@@ -142,15 +142,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             test_data = load_dataset(data["dataset"], subset="test", **common)
             check_overlap_sets(inherited, class_ids(test_data), test_data.name,
                                "the run this one reuses", args.allow_overlap)
-        uses_training = learner.trainable and train_config.episodes > 0
         write_run_config(out, {"method": args.method, "method_config": config_to_dict(method_config),
                                "train_config": asdict(train_config), "data": data})
-        write_seen(out, class_ids(train_data) if uses_training else (),
-                   class_ids(val_data) if val_data is not None and uses_training else (), inherited)
     try:
         summary = trainer.fit(resume=args.resume)
     except KeyboardInterrupt as stop:
-        print(f"kshot: {stop or 'interrupted'}; continue with --resume", file=sys.stderr)
+        print(f"kshot: {stop or 'interrupted; continue with --resume'}", file=sys.stderr)
         return 130
     validation = (f"best validation accuracy {summary['best_accuracy'] * 100:.2f}%"
                   if summary["best_accuracy"] >= 0 else "no validation episodes")
@@ -163,11 +160,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from kshot.checkpoint import load_run
     from kshot.data.episodes import EpisodeSampler
+    from kshot.data.omniglot import load_lake_runs
     from kshot.datasets import DEFAULT_SPLITS, load_dataset
     from kshot.evaluate import evaluate, evaluate_lake_runs
     from kshot.protocol import check_overlap, class_ids, lake_run_class_ids
 
-    set_threads(args.threads)
+    set_threads(args.threads, args.compile)
     device = resolve_device(args.device)
     learner, run_config, checkpoint = load_run(args.run_dir)
     learner.to(device)
@@ -177,10 +175,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if checkpoint.get("note") and not args.json:
         print(f"kshot: note: {checkpoint['note']}", file=sys.stderr)
     if args.lake_runs:
+        runs = load_lake_runs(learner.item_shape[-1], args.data_dir)
         overlap = check_overlap(args.run_dir, lake_run_class_ids(args.data_dir),
                                 "Lake's 20 runs", args.allow_overlap)
-        result = evaluate_lake_runs(learner, image_size=learner.item_shape[-1],
-                                    data_dir=args.data_dir, device=device)
+        result = evaluate_lake_runs(learner, runs, device=device)
         record = {"method": run_config["method"], "dataset": "omniglot", "split": "lake-runs",
                   "ways": 20, "shots": 1, "episodes": 20, "error": round(result["error"], 3),
                   "per_run": [round(e, 2) for e in result["per_run"]], "overlap": overlap,
@@ -226,7 +224,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from kshot.classifier import FewShotClassifier
     from kshot.data.folder import load_folder, load_images
 
-    set_threads(args.threads)
+    set_threads(args.threads, args.compile)
     classifier = FewShotClassifier.from_run(args.run_dir, resolve_device(args.device),
                                             allow_overlap=args.allow_overlap)
     size = classifier.learner.item_shape[-1]
@@ -332,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "$KSHOT_DATA_DIR, else a user cache dir)")
         sub.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
         sub.add_argument("--device", default="cpu", help="cpu or cuda")
+        sub.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                         help="compiled / fused backbones (default: on, unless KSHOT_COMPILE=0); "
+                         "results are unchanged within float tolerance")
 
     train = commands.add_parser("train", help="train a method episodically")
     methods = train.add_subparsers(dest="method", required=True, metavar="method",

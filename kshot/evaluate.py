@@ -46,19 +46,25 @@ def evaluate(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    fast: bool | None = None,
 ) -> Report:
     """Score ``learner`` on episodes ``sampler.start .. sampler.start + episodes - 1``.
 
     Episodes are scored ``batch_size`` at a time (stacked along a leading dimension, one backbone
     pass); batch norm uses its running statistics (eval mode), so batching changes no result.
+    ``fast`` (default: ``kshot.runtime.settings.compile``) scores with the frozen, fused copy of the
+    backbone (:mod:`kshot.nn.fast`): the same logits within float tolerance, about 2.5× faster.
     """
     from tqdm.auto import tqdm
+
+    from kshot.nn.fast import fast_inference
 
     was_training = learner.training
     learner.eval()
     accuracies = torch.empty(episodes)
     start_time = time.perf_counter()
-    with tqdm(total=episodes, desc="eval", unit="ep", disable=not progress, leave=False) as bar:
+    with tqdm(total=episodes, desc="eval", unit="ep", disable=not progress, leave=False) as bar, \
+            fast_inference(learner, fast):
         for first in range(0, episodes, batch_size):
             indices = range(sampler.start + first, sampler.start + min(first + batch_size, episodes))
             batch = sampler.batch(list(indices)).to(device)

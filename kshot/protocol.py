@@ -35,11 +35,11 @@ _ROTATION = re.compile(r"@rot\d+$")
 
 
 def class_ids(dataset: ClassDataset) -> list[str]:
-    """Stable ids of a dataset's classes, in class order (``<namespace>:<class name>``)."""
-    namespace = dataset.meta.get("namespace")
-    if not namespace:
-        raise KShotError(f"{dataset.name} has no namespace in its meta; load it through "
-                         "kshot.datasets.load_dataset so its classes can be named")
+    """Stable ids of a dataset's classes, in class order (``<namespace>:<class name>``).
+
+    The namespace is ``meta["namespace"]`` (set by every loader of :mod:`kshot.datasets`), else the
+    first part of the dataset's name."""
+    namespace = dataset.meta.get("namespace") or dataset.name.split("/")[0]
     return [f"{namespace}:{name}" for name in dataset.class_names]
 
 

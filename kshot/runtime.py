@@ -13,8 +13,20 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass
+class Settings:
+    """Process-wide switches (the CLI sets them from its options)."""
+
+    compile: bool = os.environ.get("KSHOT_COMPILE", "1").strip().lower() not in ("0", "false", "no", "off")
+    """Compiled / fused backbones (kshot.nn.fast): on unless ``KSHOT_COMPILE=0`` or ``--no-compile``."""
+
+
+settings = Settings()
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -34,7 +46,10 @@ def tune_allocator() -> bool:
                                                                           _KEEP_BYTES))
 
 
-def configure_cpu(threads: int | None = None) -> None:
-    """Set the thread count (default: every core) and tune the allocator."""
+def configure_cpu(threads: int | None = None, compile: bool | None = None) -> None:
+    """Set the thread count (default: every core), tune the allocator, and (when given) switch
+    compiled backbones on or off."""
     torch.set_num_threads(max(1, threads or os.cpu_count() or 1))
     tune_allocator()
+    if compile is not None:
+        settings.compile = compile

@@ -27,6 +27,8 @@ from kshot.data.store import atomic_write_bytes
 from kshot.errors import KShotError
 from kshot.evaluate import evaluate
 from kshot.methods.base import Learner
+from kshot.nn.fast import compile_backbone, uncompile_backbone
+from kshot.protocol import CLASSES_FILE, class_ids, inherited_classes, write_seen
 
 
 @dataclass
@@ -79,8 +81,11 @@ class Trainer:
 
     def __init__(self, learner: Learner, config: TrainConfig, run_dir: str | Path,
                  train_data: ClassDataset, val_data: ClassDataset | None = None,
-                 device: str | torch.device = "cpu", progress: bool = True) -> None:
+                 device: str | torch.device = "cpu", progress: bool = True,
+                 compile: bool | None = None) -> None:
         self.learner = learner.to(device)
+        self.compile = compile  # None: kshot.runtime.settings.compile
+        self._compiled = False
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
@@ -196,6 +201,37 @@ class Trainer:
                              "val_ci95": report.ci95})
         return report.accuracy
 
+    def _train_step(self, batch) -> dict[str, float]:
+        """One optimiser step; the first compiled step falls back to eager if compiling fails."""
+        try:
+            loss, metrics = self.learner.loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except Exception as error:
+            if not (self._compiled and type(error).__module__.startswith("torch._")):
+                raise
+            import warnings
+
+            warnings.warn(f"kshot: the compiled backbone failed ({type(error).__name__}); "
+                          "training in eager mode", RuntimeWarning, stacklevel=2)
+            uncompile_backbone(self.learner)
+            self._compiled = False
+            loss, metrics = self.learner.loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.optimizer.step()
+        return metrics
+
+    def record_seen(self) -> None:
+        """Write the run's ``classes.json`` (kshot.protocol) unless it has one: the classes it
+        trains on, those its checkpoint is selected on, and those of runs whose weights it reuses."""
+        if (self.run_dir / CLASSES_FILE).is_file():
+            return
+        learns = self.optimizer is not None and self.config.episodes > 0
+        train = class_ids(self.train_sampler.dataset) if learns else ()
+        val = class_ids(self.val_sampler.dataset) if learns and self.val_sampler is not None else ()
+        write_seen(self.run_dir, train, val, inherited_classes(self.learner.config))
+
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
@@ -204,6 +240,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.record_seen()
         if resume:
             self.resume()
         config = self.config
@@ -213,6 +250,7 @@ class Trainer:
             return self._metadata(True)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.learner.train()
+        self._compiled = compile_backbone(self.learner, self.compile)
         log_steps = max(1, config.log_every // config.meta_batch)
         val_steps = max(1, config.val_every // config.meta_batch)
         window: list[tuple[float, float]] = []
@@ -228,10 +266,7 @@ class Trainer:
                 batch = batch.to(self.device)
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.learning_rate(self.step)
-                loss, metrics = self.learner.loss(batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                metrics = self._train_step(batch)
                 self.step += 1
                 self.elapsed = time.monotonic() - started
                 window.append((metrics["loss"], metrics["accuracy"]))
@@ -256,6 +291,7 @@ class Trainer:
                     last_save = time.monotonic()
         finally:
             bar.close()
+            uncompile_backbone(self.learner)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         finished = self.step >= self.total_steps or out_of_time

@@ -11,6 +11,13 @@ from pathlib import Path
 
 import pytest
 
+# Compiling backbones costs seconds per model; the tests build hundreds of tiny ones, so they run
+# eager. tests/test_fast.py switches it on and checks that compiled and eager models agree.
+os.environ["KSHOT_COMPILE"] = "0"
+from kshot.runtime import settings
+
+settings.compile = False
+
 SHARED_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

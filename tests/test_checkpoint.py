@@ -250,7 +250,8 @@ def straight_run(tmp_path_factory, train_data, val_data) -> tuple[Path, dict, di
 def test_trainer_writes_run_files(straight_run) -> None:
     run_dir, _, summary = straight_run
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "best.json", "best.safetensors", "last.json", "last.safetensors", "metrics.jsonl"]
+        "best.json", "best.safetensors", "classes.json", "last.json", "last.safetensors",
+        "metrics.jsonl"]
     assert summary["finished"] and summary["step"] == 12 and summary["episodes"] == 12
     last = json.loads((run_dir / "last.json").read_text())
     assert last["finished"] is True and last["step"] == 12 and last["method"] == "protonet"
@@ -441,8 +442,9 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path: Path, train_data) -> N
     assert trainer.resume() is False
     summary = trainer.fit(resume=True)
     assert summary["step"] == 2 and summary["finished"]
-    # no validation data: best is still written, from the final weights
-    assert (tmp_path / "best.safetensors").is_file()
+    # no validation data: nothing is selected, the last checkpoint is the run's result
+    assert not (tmp_path / "best.safetensors").exists()
+    assert (tmp_path / "last.safetensors").is_file()
     assert {r["kind"] for r in _metrics(tmp_path)} == {"train"}
 
 

@@ -16,6 +16,7 @@ from kshot.checkpoint import learner_state, save_checkpoint, write_run_config
 from kshot.classifier import FewShotClassifier
 from kshot.errors import KShotError
 from kshot.methods import build_learner
+from kshot.protocol import write_seen
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -151,6 +152,12 @@ def test_from_run(tmp_path: Path) -> None:
     write_run_config(tmp_path, {"method": "protonet", "method_config": asdict(learner.config),
                                 "data": {"item_shape": [1, 4, 4]}})
     save_checkpoint(tmp_path, "best", learner_state(learner), {"method": "protonet"})
+    with pytest.raises(KShotError, match="no classes.json"):
+        FewShotClassifier.from_run(tmp_path)
+    write_seen(tmp_path, ["folder:up", "folder:left"])
+    with pytest.raises(KShotError, match="1 of the 2 classes of the support labels"):
+        FewShotClassifier.from_run(tmp_path).fit(np.stack([TOP_LEFT, BOTTOM_RIGHT]), ["up", "down"])
     classifier = FewShotClassifier.from_run(tmp_path)
-    classifier.fit(np.stack([TOP_LEFT, BOTTOM_RIGHT]), ["up", "down"])
+    classifier.fit(np.stack([TOP_LEFT, BOTTOM_RIGHT]), ["top", "down"])
     assert classifier.predict(np.stack([BOTTOM_RIGHT_DOT])).tolist() == ["down"]
+    assert classifier.overlap_ == 0

@@ -159,8 +159,13 @@ def test_eval_json(capsys, run_dir: Path) -> None:
     lines = out.splitlines()
     assert len(lines) == 1
     record = json.loads(lines[0])
-    assert set(record) == {"method", "dataset", "split", "ways", "shots", "episodes", "seed",
-                           "accuracy", "ci95", "seconds"}
+    assert set(record) == {"method", "dataset", "split", "test_set", "test_classes",
+                           "test_rotations", "ways", "shots", "queries", "episodes", "seed",
+                           "accuracy", "ci95", "overlap", "run", "checkpoint",
+                           "checkpoint_episodes", "seconds", "episodes_per_s"}
+    assert record["test_set"] == "omniglot/lake/test" and record["test_classes"] == 659
+    assert record["test_rotations"] is False and record["overlap"] == 0
+    assert record["run"] == str(run_dir) and record["checkpoint"] == "best"
     assert record["method"] == "protonet" and record["dataset"] == "omniglot"
     assert record["split"] == "lake"
     assert (record["ways"], record["shots"], record["episodes"], record["seed"]) == (5, 1, 10, 123)
@@ -263,7 +268,7 @@ def test_knn_train_then_eval(capsys, tmp_path: Path) -> None:
                          "--threads", 1)
     assert code == 0, err
     assert "trained knn for 0 episodes" in err and "no validation episodes" in err
-    assert {"config.json", "best.safetensors", "last.safetensors"} <= {
+    assert {"config.json", "classes.json", "last.safetensors"} <= {
         p.name for p in out_dir.iterdir()}
     assert json.loads((out_dir / "config.json").read_text())["method"] == "knn"
     code, out, err = kshot(capsys, "eval", out_dir, "--json", "--episodes", 5, "--queries", 5,

@@ -224,15 +224,47 @@ def test_vinyals_subsets_disjoint_and_cover_all_characters(vinyals: dict, archiv
     assert train | val | test == everything
 
 
-def test_vinyals_follows_the_documented_permutation(vinyals: dict, archives: dict) -> None:
+def published_vinyals(omniglot_data: Path, subset: str) -> set[str]:
+    """The published split file of a subset, as kshot class names (``Alphabet/characterNN@rotR``)."""
+    path = omniglot_data / "omniglot" / "splits" / "vinyals" / f"{subset}.txt"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    names = set()
+    for line in path.read_text().split():
+        character, rotation = line.rsplit("/rot", 1)
+        names.add(f"{character}@rot{int(rotation)}")
+    return names
+
+
+@pytest.mark.parametrize("subset", ["train", "val", "test", "trainval"])
+def test_vinyals_is_the_published_split(omniglot_data: Path, vinyals: dict, cached: Path,
+                                        subset: str) -> None:
+    """Class by class, every part equals the file distributed with Snell et al.'s code."""
+    dataset = vinyals[subset] if subset in vinyals else split(omniglot_data, "vinyals", subset)
+    published = published_vinyals(omniglot_data, subset)
+    assert len(dataset.class_names) == len(set(dataset.class_names))
+    assert set(dataset.class_names) == published
+    assert dataset.n_classes == {"train": 4112, "val": 688, "test": 1692, "trainval": 4800}[subset]
+
+
+def test_vinyals_is_split_by_alphabet(vinyals: dict) -> None:
+    alphabets = {s: set(vinyals[s].meta["alphabets"]) for s in ("train", "val", "test")}
+    assert alphabets["val"] == {"Armenian", "Bengali", "Early_Aramaic", "Hebrew",
+                                "Mkhedruli_(Georgian)"}
+    assert alphabets["train"] & alphabets["test"] == {"Gurmukhi"}  # split at character 42
+    assert not alphabets["val"] & (alphabets["train"] | alphabets["test"])
+    gurmukhi_test = {n.split("@")[0] for n in vinyals["test"].class_names if n.startswith("Gurm")}
+    assert gurmukhi_test == {f"Gurmukhi/character{i}" for i in range(42, 46)}
+
+
+def test_random_split_keeps_the_old_permutation(cached: Path, omniglot_data: Path,
+                                                archives: dict) -> None:
     all_names = list(archives["images_background"].class_names) + \
         list(archives["images_evaluation"].class_names)
     permutation = np.random.default_rng(0).permutation(1623)
-    expected = {"train": permutation[:1028], "val": permutation[1028:1200],
-                "test": permutation[1200:]}
-    for subset, indices in expected.items():
-        n = len(indices)
-        assert base_names(vinyals[subset])[:n] == [all_names[i] for i in np.sort(indices)]
+    test = split(omniglot_data, "random", "test")
+    assert base_names(test)[:423] == [all_names[i] for i in np.sort(permutation[1200:])]
+    assert test.n_classes == 4 * 423
 
 
 def test_vinyals_items_are_the_archive_images_rotated(vinyals: dict, archives: dict) -> None:
@@ -272,11 +304,31 @@ def test_lake_split(lake: dict, archives: dict) -> None:
 
 
 def test_lake_rotations_on_request(cached: Path, omniglot_data: Path, lake: dict) -> None:
-    rotated = split(omniglot_data, "lake", "val", rotations=True)
-    assert rotated.n_classes == 400 and len(rotated) == 4 * len(lake["val"])
-    assert base_names(rotated) == list(lake["val"].class_names) * 4
-    plain = split(omniglot_data, "vinyals", "val", rotations=False)
-    assert plain.n_classes == 172
+    rotated = split(omniglot_data, "lake", "train", rotations=True)
+    assert rotated.n_classes == 4 * 864 and len(rotated) == 4 * len(lake["train"])
+    assert base_names(rotated) == list(lake["train"].class_names) * 4
+    plain = split(omniglot_data, "vinyals", "train", rotations=False)
+    assert plain.n_classes == 1028
+
+
+@pytest.mark.parametrize("rotations", [True, False, None])
+def test_training_rotations_never_change_val_or_test(cached: Path, omniglot_data: Path,
+                                                     lake: dict, vinyals: dict, rotations) -> None:
+    """A split defines its test set: the training flag leaves val and test as published."""
+    for name, reference in (("lake", lake), ("vinyals", vinyals)):
+        for subset in ("val", "test"):
+            dataset = split(omniglot_data, name, subset, rotations=rotations)
+            assert dataset.class_names == reference[subset].class_names, (name, subset)
+    assert lake["test"].n_classes == 659 and not lake["test"].meta["rotations"]
+    assert vinyals["test"].meta["rotations"]
+
+
+def test_test_rotations_are_an_evaluation_option(cached: Path, omniglot_data: Path,
+                                                 lake: dict) -> None:
+    rotated = split(omniglot_data, "lake", "test", test_rotations=True)
+    assert rotated.n_classes == 4 * 659 and rotated.meta["rotations"]
+    plain = split(omniglot_data, "vinyals", "test", test_rotations=False)
+    assert plain.n_classes == 423 and not plain.meta["rotations"]
 
 
 def test_split_permutation_is_fixed(cached: Path, omniglot_data: Path, lake: dict,

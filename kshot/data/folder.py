@@ -108,7 +108,7 @@ def load_folder(
         offsets,
         tuple(class_dir.name for class_dir in class_dirs),
         name or root.name,
-        {"root": str(root), "files": tuple(str(path) for path in all_files)},
+        {"root": str(root), "files": tuple(str(path) for path in all_files), "namespace": "folder"},
     )
 
 

@@ -160,5 +160,5 @@ def load_mnist(
         class_names=MNIST_CLASS_NAMES,
         name=f"mnist-{subset}",
     )
-    dataset.meta.update(subset=subset, files=(str(images_path), str(labels_path)))
+    dataset.meta.update(subset=subset, files=(str(images_path), str(labels_path)), namespace="mnist")
     return dataset

@@ -181,7 +181,8 @@ def load_archive(
     characters = [str(c) for c in arrays["characters"]]
     images = torch.from_numpy(arrays["images"]).unsqueeze(1)  # [items, 1, S, S]
     offsets = torch.arange(len(characters) + 1) * DRAWERS_PER_CHARACTER
-    meta = {"alphabets": [c.split("/")[0] for c in characters], "archive": archive}
+    meta = {"alphabets": [c.split("/")[0] for c in characters], "archive": archive,
+            "namespace": "omniglot"}
     return ClassDataset(images, offsets, tuple(characters), f"omniglot/{archive}", meta)
 
 

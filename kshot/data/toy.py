@@ -23,7 +23,7 @@ def load_iris() -> ClassDataset:
         class_names=[str(species) for species in bunch.target_names],
         name="iris",
     )
-    dataset.meta.update(feature_names=tuple(bunch.feature_names))
+    dataset.meta.update(feature_names=tuple(bunch.feature_names), namespace="iris")
     return dataset
 
 
@@ -34,9 +34,11 @@ def load_digits() -> ClassDataset:
     bunch = sklearn_load_digits()
     scaled = np.rint(np.asarray(bunch.images) * (255.0 / DIGITS_MAX_VALUE))
     images = torch.from_numpy(scaled.astype(np.uint8)).unsqueeze(1)  # uint8 [N, 1, 8, 8]
-    return ClassDataset.from_labels(
+    dataset = ClassDataset.from_labels(
         images,
         torch.from_numpy(np.asarray(bunch.target, dtype=np.int64)),
         class_names=[str(digit) for digit in range(10)],
         name="digits",
     )
+    dataset.meta["namespace"] = "digits"
+    return dataset
