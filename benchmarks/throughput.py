@@ -1,6 +1,7 @@
 """Training and evaluation throughput of ProtoNet (Conv4, 28×28, 5-way 1-shot 15-query).
 
-Prints one JSON line: {"train_episodes_per_s", "eval_episodes_per_s", "peak_rss_mb", ...}.
+Prints one JSON line: {"library", "compile", "train_episodes_per_s", "eval_episodes_per_s",
+"peak_rss_mb", ...}. ``benchmarks/throughput.sh`` runs it beside easyfsl in the same run.
 Data: Omniglot background (train) and evaluation (test) alphabets, in memory, as easyfsl's and
 learn2learn's figures in the issue were measured.
 """
@@ -29,9 +30,12 @@ def main() -> None:
     parser.add_argument("--train-episodes", type=int, default=300)
     parser.add_argument("--eval-episodes", type=int, default=1000)
     parser.add_argument("--meta-batch", type=int, default=1)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="compiled / fused backbones (kshot's default) or eager PyTorch")
     args = parser.parse_args()
-    configure_cpu(args.threads)
-    train_data = load_omniglot("lake", "train", 28, progress=False)
+    configure_cpu(args.threads, compile=args.compile)
+    # the peers' protocol: background characters x 4 rotations for training, 659 evaluation ones
+    train_data = load_omniglot("lake", "train", 28, rotations=True, progress=False)
     test_data = load_omniglot("lake", "test", 28, progress=False)
     torch.manual_seed(0)
     learner = build_learner("protonet", {}, train_data.item_shape)
@@ -50,6 +54,7 @@ def main() -> None:
     report = evaluate(learner, sampler, args.eval_episodes)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({
+        "library": "kshot", "compile": args.compile, "torch": torch.__version__,
         "train_episodes_per_s": round(args.train_episodes / train_seconds, 2),
         "eval_episodes_per_s": round(report.episodes_per_second, 2),
         "peak_rss_mb": round(peak_rss_mb, 1),
