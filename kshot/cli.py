@@ -280,9 +280,13 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         cached = sorted(p.name for p in cache.glob(f"*-{stem}-*px-*.npz")) if cache.is_dir() else []
         rows.append({"name": name, "file": str(path), "present": present, "verified": verified,
                      "cached": cached})
+    from kshot.datasets import SPLIT_DESCRIPTIONS
+
     if args.json:
         for row in rows:
             _print_json(row)
+        for split, description in SPLIT_DESCRIPTIONS.items():
+            _print_json({"split": split, "classes": description})
         return 0
     print(f"data dir: {root}\ncache dir: {cache}")
     for row in rows:
@@ -290,6 +294,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             "present, structure ok" if row["verified"] is True else f"present, {row['verified']}")
         cached = f"; cached: {', '.join(row['cached'])}" if row["cached"] else ""
         print(f"  {row['name']:<28} {state}{cached}")
+    print("splits (a run is scored only on classes it did not train or validate on):")
+    for split, description in SPLIT_DESCRIPTIONS.items():
+        print(f"  {split}: {description}")
     return 0
 
 

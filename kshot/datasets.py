@@ -42,6 +42,24 @@ FOLDER_TEST_SHARE = 0.2
 """``heldout`` split of folder data: the share of classes held out for testing."""
 
 
+SPLIT_DESCRIPTIONS: dict[str, str] = {
+    "omniglot/vinyals": "published (Vinyals et al.): train 1028 characters x4 rotations, val 5 "
+                        "background alphabets (172 x4), test Gurmukhi 42-45 + 12 evaluation "
+                        "alphabets (423 x4 = 1692 classes)",
+    "omniglot/lake": "train 864 background characters, val the other 100, test the 659 "
+                     "evaluation characters (unrotated)",
+    "omniglot/small1, small2": "Lake's 5-alphabet background sets (90% train, 10% val), test the "
+                               "659 evaluation characters",
+    "omniglot/random": "1623 characters permuted (seed 0): 1028 / 172 / 423, x4 rotations; unseen "
+                       "characters of seen alphabets",
+    "mnist/heldout, digits/heldout": "train digits 0-4, test digits 5-9 (no val)",
+    "folder/heldout": "train 4/5 of the class folders, test the other fifth (default_rng(0))",
+    "mnist/all, digits/all, folder/all, iris/all": "every class in every subset: a transfer target "
+                                                   "for runs trained on another data set",
+}
+"""What each split trains, validates and tests on (``kshot datasets`` prints it)."""
+
+
 def load_dataset(
     dataset: str,
     split: str | None = None,

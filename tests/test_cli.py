@@ -241,7 +241,11 @@ def test_predict_prints_one_line_per_query(capsys, run_dir: Path, omniglot_pngs)
 def test_datasets_lists_archives(capsys, env) -> None:
     code, out, err = kshot(capsys, "datasets", "--json", "--data-dir", env.data)
     assert code == 0, err
-    rows = {row["name"]: row for row in map(json.loads, out.splitlines())}
+    records = list(map(json.loads, out.splitlines()))
+    rows = {row["name"]: row for row in records if "name" in row}
+    splits = {row["split"]: row["classes"] for row in records if "split" in row}
+    assert "Gurmukhi 42-45" in splits["omniglot/vinyals"]
+    assert "digits 5-9" in splits["mnist/heldout, digits/heldout"]
     for name in ("images_background", "images_evaluation", "images_background_small1",
                  "images_background_small2", "all_runs"):
         assert rows[name]["present"] is True, name
@@ -249,6 +253,7 @@ def test_datasets_lists_archives(capsys, env) -> None:
     code, out, _ = kshot(capsys, "datasets", "--data-dir", env.data)
     assert code == 0
     assert "images_background" in out and "present, structure ok" in out
+    assert "omniglot/lake: train 864 background characters" in out
 
 
 def test_plot_writes_png(capsys, run_dir: Path, tmp_path: Path) -> None:
