@@ -1,0 +1,92 @@
+"""Helpers shared by the ``kshot`` commands: one-line errors, options from config dataclasses."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import MISSING, fields
+from typing import Any
+
+from kshot.errors import KShotError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``kshot: error: ...``) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"kshot: error: {message} (see `{self.prog} --help`)\n")
+
+
+def field_docs(config_type: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass (for --help)."""
+    try:
+        tree = ast.parse(inspect.getsource(config_type))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    docs, body = {}, tree.body[0].body
+    for node, following in itertools.pairwise(body):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)):
+            docs[node.target.id] = str(following.value.value)
+    return docs
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_type: type, prefix: str,
+                       skip: Sequence[str] = ()) -> None:
+    """One ``--option`` per dataclass field, typed from its default; dest = ``prefix + name``."""
+    docs = field_docs(config_type)
+    for f in fields(config_type):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        dest, metavar = prefix + f.name, f.name.upper()
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, dest=dest, nargs="+", type=type(default[0]) if default
+                                else int, default=None, metavar=metavar, help=help_text)
+        else:
+            parser.add_argument(flag, dest=dest, type=type(default), default=None, metavar=metavar,
+                                help=help_text)
+
+
+def collect_config(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """The options given on the command line for one config (those left out keep defaults)."""
+    return {key[len(prefix):]: value for key, value in vars(args).items()
+            if key.startswith(prefix) and value is not None}
+
+
+def set_threads(threads: int | None, compile: bool | None = None) -> None:
+    from kshot.runtime import configure_cpu
+
+    configure_cpu(threads, compile)
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KShotError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return name
+
+
+def print_json(record: dict[str, Any]) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def add_runtime_options(sub: argparse.ArgumentParser) -> None:
+    """--data-dir, --threads, --device, --compile: shared by the commands that run a model."""
+    sub.add_argument("--data-dir", help="folder of the official archives (default: "
+                     "$KSHOT_DATA_DIR, else a user cache dir)")
+    sub.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    sub.add_argument("--device", default="cpu", help="cpu or cuda")
+    sub.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                     help="compiled / fused backbones (default: on, unless KSHOT_COMPILE=0); "
+                     "results are unchanged within float tolerance")

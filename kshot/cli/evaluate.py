@@ -1,0 +1,96 @@
+"""``kshot eval RUN``: score a run on test episodes of classes it never saw, or Lake's 20 runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kshot.cli.common import add_runtime_options, print_json, resolve_device, set_threads
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from kshot.checkpoint import load_run
+    from kshot.data.episodes import EpisodeSampler
+    from kshot.data.omniglot import load_lake_runs
+    from kshot.datasets import DEFAULT_SPLITS, load_dataset
+    from kshot.evaluate import evaluate, evaluate_lake_runs
+    from kshot.protocol import check_overlap, class_ids, lake_run_class_ids
+
+    set_threads(args.threads, args.compile)
+    device = resolve_device(args.device)
+    learner, run_config, checkpoint = load_run(args.run_dir)
+    learner.to(device)
+    data = run_config["data"]
+    scored_checkpoint = {"run": str(args.run_dir), "checkpoint": checkpoint["checkpoint"],
+                         "checkpoint_episodes": checkpoint.get("episodes")}
+    if checkpoint.get("note") and not args.json:
+        print(f"kshot: note: {checkpoint['note']}", file=sys.stderr)
+    if args.lake_runs:
+        runs = load_lake_runs(learner.item_shape[-1], args.data_dir)
+        overlap = check_overlap(args.run_dir, lake_run_class_ids(args.data_dir),
+                                "Lake's 20 runs", args.allow_overlap)
+        result = evaluate_lake_runs(learner, runs, device=device)
+        record = {"method": run_config["method"], "dataset": "omniglot", "split": "lake-runs",
+                  "ways": 20, "shots": 1, "episodes": 20, "error": round(result["error"], 3),
+                  "per_run": [round(e, 2) for e in result["per_run"]], "overlap": overlap,
+                  **scored_checkpoint, "seconds": round(result["seconds"], 3)}
+        if args.json:
+            print_json(record)
+        else:
+            print(f"Lake's 20 runs: error {result['error']:.2f}% "
+                  f"(per run: {', '.join(f'{e:.0f}' for e in result['per_run'])})")
+        return 0
+    dataset = args.dataset or data["dataset"]
+    split = args.split or (data["split"] if dataset == data["dataset"] else None) or \
+        DEFAULT_SPLITS.get(dataset)
+    test_data = load_dataset(dataset, split=split, subset="test", image_size=learner.item_shape[-1],
+                             test_rotations=args.test_rotations, data_dir=args.data_dir,
+                             folder=args.folder, progress=not args.json)
+    overlap = check_overlap(args.run_dir, class_ids(test_data), test_data.name, args.allow_overlap)
+    sampler = EpisodeSampler(test_data, args.ways, args.shots, args.queries, seed=args.seed)
+    report = evaluate(learner, sampler, args.episodes, batch_size=args.batch_size, device=device,
+                      progress=not args.json)
+    record = {"method": run_config["method"], "dataset": dataset, "split": split,
+              "test_set": test_data.name, "test_classes": test_data.n_classes,
+              "test_rotations": bool(test_data.meta.get("rotations", False)),
+              "ways": args.ways, "shots": args.shots, "queries": args.queries,
+              "episodes": args.episodes, "seed": args.seed,
+              "accuracy": round(report.accuracy * 100, 3), "ci95": round(report.ci95 * 100, 3),
+              "overlap": overlap, **scored_checkpoint, "seconds": round(report.seconds, 3),
+              "episodes_per_s": round(report.episodes_per_second, 2)}
+    if args.json:
+        print_json(record)
+    else:
+        rotated = ", with rotations" if record["test_rotations"] else ""
+        print(f"{run_config['method']} ({checkpoint['checkpoint']} checkpoint) on "
+              f"{test_data.name} ({test_data.n_classes} classes{rotated}): {args.ways}-way "
+              f"{args.shots}-shot, {args.episodes} episodes: {report.accuracy * 100:.2f} ± "
+              f"{report.ci95 * 100:.2f}% ({report.episodes_per_second:.0f} episodes/s)"
+              + (f"; {overlap} of the classes were seen in training" if overlap else ""))
+    return 0
+
+
+def add_parser(commands) -> None:
+    from kshot.datasets import DATASETS
+
+    ev = commands.add_parser("eval", help="score a run on test episodes of classes it never saw")
+    ev.add_argument("run_dir")
+    ev.add_argument("--ways", type=int, default=5)
+    ev.add_argument("--shots", type=int, default=1)
+    ev.add_argument("--queries", type=int, default=15)
+    ev.add_argument("--episodes", type=int, default=1000)
+    ev.add_argument("--seed", type=int, default=123)
+    ev.add_argument("--batch-size", type=int, default=16, help="episodes per forward pass")
+    ev.add_argument("--lake-runs", action="store_true", help="Lake's 20 one-shot runs instead")
+    ev.add_argument("--dataset", choices=DATASETS, help="score on another data set (transfer)")
+    ev.add_argument("--split", help="split of --dataset")
+    ev.add_argument("--folder", help="root of --dataset folder")
+    ev.add_argument("--test-rotations", action=argparse.BooleanOptionalAction, default=None,
+                    help="Omniglot test characters rotated by 90/180/270 as extra classes "
+                    "(default: the split's convention: on for vinyals, off for lake)")
+    ev.add_argument("--allow-overlap", action="store_true", help="score classes the run trained "
+                    "or validated on anyway (refused by default; the JSON line counts them)")
+    ev.add_argument("--json", action="store_true", help="print one JSON line")
+    add_runtime_options(ev)
+    ev.set_defaults(func=cmd_eval)
+
