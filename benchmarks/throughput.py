@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import tempfile
 import time
@@ -50,7 +51,8 @@ def main() -> None:
         started = time.perf_counter()
         trainer.fit()
         train_seconds = time.perf_counter() - started
-    sampler = EpisodeSampler(test_data, 5, 1, 15, seed=123)
+    eval_seed = int(os.environ.get("EVAL_SEED", "123"))
+    sampler = EpisodeSampler(test_data, 5, 1, 15, seed=eval_seed)
     report = evaluate(learner, sampler, args.eval_episodes)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({
@@ -58,7 +60,7 @@ def main() -> None:
         "train_episodes_per_s": round(args.train_episodes / train_seconds, 2),
         "eval_episodes_per_s": round(report.episodes_per_second, 2),
         "peak_rss_mb": round(peak_rss_mb, 1),
-        "threads": args.threads, "meta_batch": args.meta_batch,
+        "threads": args.threads, "meta_batch": args.meta_batch, "eval_seed": eval_seed,
         "eval_accuracy_untrained_check": round(report.accuracy * 100, 2),
     }))
 
