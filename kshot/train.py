@@ -73,6 +73,15 @@ class TrainConfig:
     """Seed of the training episodes and of the weight initialisation."""
 
 
+def _adam(parameters: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam, in its fused (one kernel for all parameters) form where this torch has it for the
+    parameters' device: the same update, a few milliseconds less per step than the per-tensor loop."""
+    try:
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+
+
 VAL_SEED_OFFSET = 1_000_003  # validation episodes use seed + this: fixed, disjoint from training
 
 
@@ -98,9 +107,8 @@ class Trainer:
                                               config.val_queries, seed=config.seed + VAL_SEED_OFFSET)
         self.optimizer = None
         if learner.trainable:
-            self.optimizer = torch.optim.Adam(
-                [p for p in learner.parameters() if p.requires_grad], lr=config.lr,
-                weight_decay=config.weight_decay)
+            self.optimizer = _adam([p for p in learner.parameters() if p.requires_grad],
+                                   config.lr, config.weight_decay)
         self.step = 0
         self.best_accuracy = -1.0
         self.elapsed = 0.0
