@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_cli import assert_user_error, kshot
+from test_cli import assert_user_error, env, kshot  # noqa: F401  (env: the module's data and cache dirs)
 
 from kshot.classifier import FewShotClassifier
 from kshot.datasets import load_dataset
@@ -28,23 +28,6 @@ from kshot.protocol import (
 
 TINY = ["--ways", "5", "--shots", "1", "--queries", "2", "--episodes", "2", "--hidden", "8",
         "--threads", "1", "--quiet"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def env(tmp_path_factory, shared_data: Path):
-    cache = tmp_path_factory.mktemp("kshot-cache")
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KSHOT_CACHE_DIR", str(cache))
-        patch.setenv("KSHOT_DATA_DIR", str(shared_data))
-        yield SimpleNamespace(cache=cache, data=shared_data)
-    torch.set_num_threads(threads)
-
-
-def train(capsys, out: Path, *options) -> Path:
-    code, _, err = kshot(capsys, "train", "protonet", *TINY, *options, "--out", out)
-    assert code == 0, err
-    return out
 
 
 @pytest.fixture(scope="module")
