@@ -2,7 +2,8 @@
 
 Meta-batches of episodes, Adam with a step or cosine schedule, periodic validation on fixed
 episodes, the best checkpoint kept (only when there are validation classes the run does not train
-on; otherwise the last checkpoint is the run's result), a progress bar, a JSONL metrics file, and resume: the state is
+on; otherwise the last checkpoint is the run's result), a progress bar, a JSONL metrics file, the
+classes the run saw (``classes.json``, :mod:`kshot.protocol`), and resume: the state is
 checkpointed every ``checkpoint_every_s`` seconds, at every validation, and when the process gets
 SIGINT/SIGTERM; because episode ``i`` is a pure function of ``(seed, i)``, a resumed run sees exactly
 the episodes the uninterrupted run would have seen.
@@ -212,9 +213,7 @@ class Trainer:
     def _train_step(self, batch) -> dict[str, float]:
         """One optimiser step; the first compiled step falls back to eager if compiling fails."""
         try:
-            loss, metrics = self.learner.loss(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            metrics = self._backward(batch)
         except Exception as error:
             if not (self._compiled and type(error).__module__.startswith("torch._")):
                 raise
@@ -224,10 +223,14 @@ class Trainer:
                           "training in eager mode", RuntimeWarning, stacklevel=2)
             uncompile_backbone(self.learner)
             self._compiled = False
-            loss, metrics = self.learner.loss(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            metrics = self._backward(batch)
         self.optimizer.step()
+        return metrics
+
+    def _backward(self, batch) -> dict[str, float]:
+        loss, metrics = self.learner.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
         return metrics
 
     def record_seen(self) -> None:
