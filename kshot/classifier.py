@@ -26,10 +26,10 @@ class FewShotClassifier:
     """Learn classes from a few labelled images (``fit``), then label new images (``predict``)."""
 
     def __init__(self, learner: Learner, device: str | torch.device = "cpu",
-                 seen_classes: Sequence[str] = (), namespace: str = "folder",
+                 seen_classes: Sequence[str] | None = None, namespace: str = "folder",
                  allow_overlap: bool = False) -> None:
         self.learner = learner.to(device).eval()
-        self.seen_classes = tuple(seen_classes)
+        self.seen_classes = None if seen_classes is None else tuple(seen_classes)
         self.namespace = namespace
         self.allow_overlap = allow_overlap
         self.overlap_ = 0
@@ -44,12 +44,17 @@ class FewShotClassifier:
                  namespace: str = "folder", allow_overlap: bool = False) -> FewShotClassifier:
         """The learner of a trained run. ``fit`` refuses labels naming classes the run trained or
         validated on (ids ``<namespace>:<label>``, e.g. ``folder:cat``, ``mnist:3``) unless
-        ``allow_overlap``; ``overlap_`` counts them after ``fit``."""
+        ``allow_overlap``; ``overlap_`` counts them after ``fit`` (-1: the run has no record)."""
         from kshot.checkpoint import load_run
         from kshot.protocol import read_seen
 
         learner, _, _ = load_run(run_dir)
-        seen = () if allow_overlap else [c for part in read_seen(run_dir).values() for c in part]
+        try:
+            seen = [c for part in read_seen(run_dir).values() for c in part]
+        except KShotError:
+            if not allow_overlap:
+                raise
+            seen = None  # a run without a record, scored anyway: overlap_ is -1 (unknown)
         classifier = cls(learner, device, seen, namespace, allow_overlap)
         classifier.run_dir = str(run_dir)
         return classifier
@@ -74,7 +79,9 @@ class FewShotClassifier:
         if labels.ndim != 1 or len(labels) != len(support_x):
             raise KShotError(f"need one label per support image: {len(support_x)} images, "
                              f"{labels.size} labels")
-        if self.seen_classes:
+        if self.seen_classes is None:
+            self.overlap_ = -1 if self.run_dir else 0
+        else:
             from kshot.protocol import check_overlap_sets
 
             scored = [f"{self.namespace}:{label}" for label in np.unique(labels)]

@@ -163,6 +163,7 @@ def test_classifier_refuses_support_classes_the_run_saw(runs) -> None:
     assert classifier.overlap_ == 0
     allowed = FewShotClassifier.from_run(runs.mnist, namespace="mnist", allow_overlap=True)
     allowed.fit(images, ["3", "7"])
+    assert allowed.overlap_ == 1
 
 
 def test_run_without_record_is_refused(capsys, runs, tmp_path) -> None:
