@@ -13,7 +13,7 @@ train_run() {
 
 # Training time, episodes and best validation accuracy of a finished run, as one JSON line.
 run_summary() {
-  python -c "import json; m=json.load(open('$1/last.json')); print(json.dumps({'run': '$1', 'episodes': m['episodes'], 'train_seconds': m['elapsed_seconds'], 'best_val_accuracy': round(m['best_accuracy']*100, 2)}))"
+  python -c "import json; m=json.load(open('$1/last.json')); print(json.dumps({'run': '$1', 'episodes': m['episodes'], 'train_seconds': m['elapsed_seconds'], 'best_val_accuracy': round(m['best_accuracy']*100, 2) if m['best_accuracy'] >= 0 else None}))"
 }
 
 # Wait for every background job of the calling shell; fail if any failed.

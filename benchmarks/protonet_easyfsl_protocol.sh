@@ -2,10 +2,11 @@
 # The easyfsl protocol, both libraries in one run: ProtoNet, Conv4, 28x28, trained on 5000 5-way
 # 1-shot 15-query episodes of the 30 background alphabets (x 4 rotations as extra training classes),
 # scored on 1000 5-way 1-shot 15-query episodes of the 659 *unrotated* evaluation characters (the
-# same test set for both; the episodes are each library's own). kshot: Euclidean distance (easyfsl's),
-# learning rate halved every 2000 episodes (as the peer script), checkpoint selected on 100
-# unrotated background characters it does not train on. easyfsl: ../shared/peers/protonet_easyfsl.py
-# (its last weights). EVAL_SEED (default 123) re-scores the kshot run on other episodes.
+# same test set for both; the episodes are each library's own). Both train on all 964 background
+# characters (kshot: --train-on trainval) and keep their last weights. kshot: Euclidean distance
+# (easyfsl's), learning rate halved every 2000 episodes (as the peer script). easyfsl:
+# ../shared/peers/protonet_easyfsl.py. EVAL_SEED (default 123) re-scores the kshot run on other
+# episodes (the peer's line is kept in OUT/easyfsl.json and printed again).
 # usage: bash benchmarks/protonet_easyfsl_protocol.sh OUT   (THREADS=2; PEER=0 skips easyfsl)
 set -euo pipefail
 out=${1:?usage: bash benchmarks/protonet_easyfsl_protocol.sh OUT}
@@ -15,8 +16,7 @@ seed=${EVAL_SEED:-123}
 source "$here/common.sh"
 train_run "$out" protonet --dataset omniglot --split lake --image-size 28 --ways 5 --shots 1 \
   --queries 15 --episodes 5000 --seed 0 --threads "$threads" --lr 0.001 --distance euclidean \
-  --rotations --schedule step --decay-every 2000 --lr-decay 0.5 \
-  --val-ways 5 --val-shots 1 --val-queries 15 --val-episodes 200 --val-every 1000
+  --rotations --schedule step --decay-every 2000 --lr-decay 0.5 --train-on trainval
 run_summary "$out"
 kshot eval "$out" --ways 5 --shots 1 --queries 15 --episodes 1000 --seed "$seed" --threads "$threads" --json
 if [ "${PEER:-1}" = 1 ]; then
