@@ -122,7 +122,7 @@ def load_run(run_dir: str | Path, which: str = "auto", method: str | None = None
     chosen, note = which, None
     if which == "auto":
         chosen = "best" if (Path(run_dir) / "best.safetensors").is_file() else "last"
-        if chosen == "last" and _validates(run_config):
+        if chosen == "last" and _selects_on_validation(run_dir):
             note = (f"{run_dir} has no best checkpoint yet (no validation has run): scoring its "
                     "last checkpoint")
     path = Path(run_dir) / f"{chosen}.safetensors"
@@ -135,11 +135,14 @@ def load_run(run_dir: str | Path, which: str = "auto", method: str | None = None
     return learner, run_config, {**metadata, "checkpoint": chosen, "note": note}
 
 
-def _validates(run_config: dict[str, Any]) -> bool:
-    """Whether a run selects a best checkpoint on validation classes."""
-    data, train = run_config.get("data", {}), run_config.get("train_config", {})
-    return (data.get("dataset") == "omniglot" and data.get("train_subset", "train") == "train"
-            and train.get("val_episodes", 0) > 0 and train.get("episodes", 0) > 0)
+def _selects_on_validation(run_dir: str | Path) -> bool:
+    """Whether a run selects its best checkpoint on validation classes (it recorded some)."""
+    from kshot.protocol import read_seen
+
+    try:
+        return bool(read_seen(run_dir)["val"])
+    except KShotError:
+        return False
 
 
 def load_run_backbone(run_dir: str | Path, item_shape: tuple[int, ...]) -> torch.nn.Module:

@@ -26,14 +26,13 @@ class FewShotClassifier:
     """Learn classes from a few labelled images (``fit``), then label new images (``predict``)."""
 
     def __init__(self, learner: Learner, device: str | torch.device = "cpu",
-                 seen_classes: Sequence[str] | None = None, namespace: str = "folder",
+                 run_dir: str | Path | None = None, namespace: str = "folder",
                  allow_overlap: bool = False) -> None:
         self.learner = learner.to(device).eval()
-        self.seen_classes = None if seen_classes is None else tuple(seen_classes)
+        self.run_dir = None if run_dir is None else str(run_dir)  # whose classes fit checks
         self.namespace = namespace
         self.allow_overlap = allow_overlap
         self.overlap_ = 0
-        self.run_dir: str | None = None
         self.device = torch.device(device)
         self.classes_: np.ndarray | None = None
         self._support_x: torch.Tensor | None = None
@@ -49,15 +48,9 @@ class FewShotClassifier:
         from kshot.protocol import read_seen
 
         learner, _, _ = load_run(run_dir)
-        try:
-            seen = [c for part in read_seen(run_dir).values() for c in part]
-        except KShotError:
-            if not allow_overlap:
-                raise
-            seen = None  # a run without a record, scored anyway: overlap_ is -1 (unknown)
-        classifier = cls(learner, device, seen, namespace, allow_overlap)
-        classifier.run_dir = str(run_dir)
-        return classifier
+        if not allow_overlap:
+            read_seen(run_dir)  # a run without a record is refused here, not at the first fit
+        return cls(learner, device, run_dir, namespace, allow_overlap)
 
     def _as_items(self, images: Any, what: str) -> torch.Tensor:
         items = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
@@ -79,15 +72,12 @@ class FewShotClassifier:
         if labels.ndim != 1 or len(labels) != len(support_x):
             raise KShotError(f"need one label per support image: {len(support_x)} images, "
                              f"{labels.size} labels")
-        if self.seen_classes is None:
-            self.overlap_ = -1 if self.run_dir else 0
-        else:
-            from kshot.protocol import check_overlap_sets
+        if self.run_dir is not None:
+            from kshot.protocol import check_overlap
 
             scored = [f"{self.namespace}:{label}" for label in np.unique(labels)]
-            self.overlap_ = check_overlap_sets(self.seen_classes, scored, "the support labels",
-                                               self.run_dir or "the run",
-                                               self.allow_overlap)
+            self.overlap_ = check_overlap(self.run_dir, scored, "the support labels",
+                                          self.allow_overlap)
         self.classes_, encoded = np.unique(labels, return_inverse=True)
         self._support_x = support_x
         self._support_y = torch.as_tensor(encoded, dtype=torch.long, device=self.device)

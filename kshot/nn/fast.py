@@ -54,8 +54,7 @@ def fast_inference(learner: nn.Module, enabled: bool | None = None) -> Iterator[
     if not enabled or not isinstance(original, nn.Module) or not _has_parameters(original):
         yield learner
         return
-    source = getattr(original, "_orig_mod", original)  # a torch.compile wrapper holds the module
-    learner.backbone = inference_backbone(source)
+    learner.backbone = inference_backbone(original)
     try:
         yield learner
     finally:
