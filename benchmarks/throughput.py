@@ -1,6 +1,8 @@
-"""Training and evaluation throughput of ProtoNet (Conv4, 28×28, 5-way 1-shot 15-query).
+"""Training and evaluation throughput of a method (Conv4, 28×28, 5-way 1-shot 15-query).
 
-Prints one JSON line: {"library", "compile", "train_episodes_per_s", "eval_episodes_per_s",
+``--method protonet`` (default), ``matching`` (full-context embeddings, 5 processing steps: the
+model of easyfsl's MatchingNetworks at 5-way 1-shot) or ``siamese`` (``--loss``). Prints one JSON
+line: {"library", "method", "compile", "train_episodes_per_s", "eval_episodes_per_s",
 "peak_rss_mb", ...}. ``benchmarks/throughput.sh`` runs it beside easyfsl in the same run.
 Data: Omniglot background (train) and evaluation (test) alphabets, in memory, as easyfsl's and
 learn2learn's figures in the issue were measured.
@@ -27,6 +29,8 @@ from kshot.train import TrainConfig, Trainer
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--method", default="protonet", choices=["protonet", "matching", "siamese"])
+    parser.add_argument("--loss", default="triplet", help="siamese: contrastive, triplet or koch")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-episodes", type=int, default=300)
     parser.add_argument("--eval-episodes", type=int, default=1000)
@@ -39,7 +43,8 @@ def main() -> None:
     train_data = load_omniglot("lake", "train", 28, rotations=True, progress=False)
     test_data = load_omniglot("lake", "test", 28, progress=False)
     torch.manual_seed(0)
-    learner = build_learner("protonet", {}, train_data.item_shape)
+    options = {"loss": args.loss} if args.method == "siamese" else {}
+    learner = build_learner(args.method, options, train_data.item_shape)
     config = TrainConfig(episodes=args.train_episodes, ways=5, shots=1, queries=15,
                          meta_batch=args.meta_batch, val_episodes=0, log_every=10**9)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -56,7 +61,7 @@ def main() -> None:
     report = evaluate(learner, sampler, args.eval_episodes)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({
-        "library": "kshot", "compile": args.compile, "torch": torch.__version__,
+        "library": "kshot", "method": args.method, **options, "compile": args.compile, "torch": torch.__version__,
         "train_episodes_per_s": round(args.train_episodes / train_seconds, 2),
         "eval_episodes_per_s": round(report.episodes_per_second, 2),
         "peak_rss_mb": round(peak_rss_mb, 1),

@@ -1,41 +1,75 @@
 #!/usr/bin/env bash
-# Training and evaluation throughput of ProtoNet (Conv4, 28x28, 5-way 1-shot 15-query, 2 threads),
-# kshot beside easyfsl 1.5 in the same run on the same machine (machines of this kind differ by up
-# to 2x, so only ratios from one run mean anything). Runs, in this order: kshot (compiled / fused
-# backbones, the default), kshot eager (--no-compile), easyfsl, and easyfsl with the glibc allocator
-# settings kshot applies to itself (MALLOC_*_THRESHOLD_), so no gain comes from those alone.
+# Training and evaluation throughput (Conv4, 28x28, 5-way 1-shot 15-query, 2 threads), kshot beside
+# easyfsl 1.5 in the same run on the same machine (machines of this kind differ by up to 2x, so only
+# ratios from one run mean anything). --method protonet (default) or matching (full-context
+# embeddings, beside easyfsl's MatchingNetworks, which has them built in); --method siamese runs
+# kshot alone (no peer library has a Siamese network to set beside it).
+# Runs, in this order: kshot (compiled / fused backbones, the default), kshot eager (--no-compile),
+# easyfsl, and easyfsl with the glibc allocator settings kshot applies to itself
+# (MALLOC_*_THRESHOLD_), so no gain comes from those alone. Every line has peak_rss_mb.
 # Needs the peers' venv: bash ../shared/peers/setup_venv.sh (PEER_PYTHON overrides its python).
-# usage: bash benchmarks/throughput.sh      -> one JSON line per library, then one with the ratios
+# usage: bash benchmarks/throughput.sh [--method protonet|matching|siamese]
+#   -> one JSON line per library, then one with the ratios
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+method=protonet
+while [ $# -gt 0 ]; do
+  case $1 in
+    --method) method=${2:?--method needs a value}; shift 2 ;;
+    --method=*) method=${1#--method=}; shift ;;
+    *) echo "usage: bash benchmarks/throughput.sh [--method protonet|matching|siamese]" >&2; exit 2 ;;
+  esac
+done
+case $method in
+  protonet|matching|siamese) ;;
+  *) echo "unknown --method $method: use protonet, matching or siamese" >&2; exit 2 ;;
+esac
 threads=${THREADS:-2}
 train=${TRAIN_EPISODES:-300}
 evals=${EVAL_EPISODES:-1000}
 peers=${PEERS_DIR:-$(cd "$here/../.." && pwd)/shared/peers}
 peer_python=${PEER_PYTHON:-$HOME/.cache/kshot-peers/venv/bin/python}
-[ -x "$peer_python" ] || { echo "no peers venv at $peer_python: run bash $peers/setup_venv.sh" >&2; exit 2; }
 export OMNIGLOT_DIR=${OMNIGLOT_DIR:-${KSHOT_DATA_DIR:-$peers/../data}/omniglot}
-fast=$(python "$here/throughput.py" --threads "$threads" --train-episodes "$train" --eval-episodes "$evals")
+kshot_args=(--method "$method" --threads "$threads" --train-episodes "$train" --eval-episodes "$evals")
+fast=$(python "$here/throughput.py" "${kshot_args[@]}")
 echo "$fast"
-eager=$(python "$here/throughput.py" --threads "$threads" --train-episodes "$train" --eval-episodes "$evals" --no-compile)
+eager=$(python "$here/throughput.py" "${kshot_args[@]}" --no-compile)
 echo "$eager"
-peer=$("$peer_python" "$peers/protonet_easyfsl.py" --episodes "$train" --eval-episodes "$evals" --threads "$threads" | tail -n 1)
+if [ "$method" = siamese ]; then
+  python - "$fast" "$eager" <<'PY'
+import json, sys
+fast, eager = (json.loads(a) for a in sys.argv[1:])
+print(json.dumps({"method": "siamese", "kshot_train": fast["train_episodes_per_s"],
+                  "kshot_eval": fast["eval_episodes_per_s"], "kshot_peak_rss_mb": fast["peak_rss_mb"],
+                  "kshot_eager_train": eager["train_episodes_per_s"],
+                  "kshot_eager_eval": eager["eval_episodes_per_s"],
+                  "ratio_train": None, "ratio_eval": None,
+                  "ratio_note": "no peer library implements a Siamese network"}))
+PY
+  exit 0
+fi
+[ -x "$peer_python" ] || { echo "no peers venv at $peer_python: run bash $peers/setup_venv.sh" >&2; exit 2; }
+peer_script=$peers/${method}_easyfsl.py
+peer=$(python "$here/peak_rss.py" "$peer_python" "$peer_script" --episodes "$train" --eval-episodes "$evals" --threads "$threads" | tail -n 1)
 echo "$peer"
 peer_malloc=$(MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824 \
-  "$peer_python" "$peers/protonet_easyfsl.py" --episodes "$train" --eval-episodes "$evals" --threads "$threads" | tail -n 1)
+  python "$here/peak_rss.py" "$peer_python" "$peer_script" --episodes "$train" --eval-episodes "$evals" --threads "$threads" | tail -n 1)
 echo "$peer_malloc" | python -c "import json,sys; r=json.loads(sys.stdin.read()); r['malloc_thresholds']=True; print(json.dumps(r))"
-python - "$fast" "$eager" "$peer" "$peer_malloc" <<'PY'
+python - "$method" "$fast" "$eager" "$peer" "$peer_malloc" <<'PY'
 import json, sys
-fast, eager, peer, malloc = (json.loads(a) for a in sys.argv[1:])
+method = sys.argv[1]
+fast, eager, peer, malloc = (json.loads(a) for a in sys.argv[2:])
 def eval_rate(r):
     return r["eval_episodes"] / r["eval_seconds"]
 best_peer_train = max(peer["episodes_per_s"], malloc["episodes_per_s"])
 best_peer_eval = max(eval_rate(peer), eval_rate(malloc))
 print(json.dumps({
+    "method": method,
     "kshot_train": fast["train_episodes_per_s"], "kshot_eval": fast["eval_episodes_per_s"],
     "kshot_eager_train": eager["train_episodes_per_s"], "kshot_eager_eval": eager["eval_episodes_per_s"],
     "easyfsl_train": peer["episodes_per_s"], "easyfsl_eval": round(eval_rate(peer), 2),
     "easyfsl_malloc_train": malloc["episodes_per_s"], "easyfsl_malloc_eval": round(eval_rate(malloc), 2),
+    "kshot_peak_rss_mb": fast["peak_rss_mb"], "easyfsl_peak_rss_mb": peer["peak_rss_mb"],
     "ratio_train": round(fast["train_episodes_per_s"] / best_peer_train, 2),
     "ratio_eval": round(fast["eval_episodes_per_s"] / best_peer_eval, 2),
     "ratio_note": "kshot (default) over the faster of easyfsl and easyfsl with kshot's allocator settings",

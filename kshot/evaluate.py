@@ -9,6 +9,7 @@ import torch
 
 from kshot.data.episodes import EpisodeSampler
 from kshot.data.omniglot import LakeRuns
+from kshot.errors import KShotError
 from kshot.methods.base import episode_accuracies
 
 
@@ -59,6 +60,14 @@ def evaluate(
 
     from kshot.nn.fast import fast_inference
 
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise KShotError(f"episodes must be an integer >= 1, got {episodes!r}; pass --episodes 1 "
+                         "or more")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise KShotError(f"batch_size must be an integer >= 1, got {batch_size!r}; pass "
+                         "--batch-size 1 or more")
+    if getattr(learner, "order_sensitive", False):
+        sampler = sampler.with_shuffle()  # the same episodes, items in a seeded random order
     was_training = learner.training
     learner.eval()
     accuracies = torch.empty(episodes)

@@ -15,15 +15,24 @@ import json
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kshot.checkpoint import learner_state, load_checkpoint, load_learner_state, save_checkpoint
+from kshot.config import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    Range,
+    check_choice,
+    check_ranges,
+)
 from kshot.data.dataset import ClassDataset
-from kshot.data.episodes import EpisodeSampler
+from kshot.data.episodes import Episode, EpisodeSampler, episode_seed
 from kshot.data.store import atomic_write_bytes
 from kshot.errors import KShotError
 from kshot.evaluate import evaluate
@@ -72,6 +81,60 @@ class TrainConfig:
     """Episodes between lines of the metrics file."""
     seed: int = 0
     """Seed of the training episodes and of the weight initialisation."""
+    augment: str = "none"
+    """Batch augmentation of training episodes: none, or affine (Koch et al.'s random rotation,
+    shear, scale and translation, drawn per image, applied to the whole batch at once)."""
+    aug_rotation: float = 10.0
+    """affine: largest rotation, degrees (Koch et al.: 10)."""
+    aug_shear: float = 0.3
+    """affine: largest shear (Koch et al.: 0.3)."""
+    aug_scale: float = 0.2
+    """affine: scale drawn from [1 - this, 1 + this] per axis (Koch et al.: 0.2)."""
+    aug_translate: float = 2.0
+    """affine: largest translation, pixels (Koch et al.: 2 on 105-pixel images)."""
+    aug_probability: float = 0.5
+    """affine: probability that each of the four distortions is applied (Koch et al.: 0.5)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, episodes=NON_NEGATIVE, ways=AT_LEAST_ONE, shots=AT_LEAST_ONE,
+                     queries=NON_NEGATIVE, meta_batch=AT_LEAST_ONE, lr=POSITIVE,
+                     weight_decay=NON_NEGATIVE, decay_every=AT_LEAST_ONE,
+                     lr_decay=Range(0, 1, low_open=True), val_every=AT_LEAST_ONE,
+                     val_episodes=NON_NEGATIVE, val_ways=AT_LEAST_ONE, val_shots=AT_LEAST_ONE,
+                     val_queries=AT_LEAST_ONE, time_budget=NON_NEGATIVE,
+                     checkpoint_every_s=POSITIVE, log_every=AT_LEAST_ONE, seed=NON_NEGATIVE,
+                     aug_rotation=Range(0, 180), aug_shear=NON_NEGATIVE,
+                     aug_scale=Range(0, 1, high_open=True), aug_translate=NON_NEGATIVE,
+                     aug_probability=PROBABILITY)
+        check_choice(self, "schedule", SCHEDULES)
+        check_choice(self, "augment", AUGMENTATIONS)
+
+
+SCHEDULES = ("step", "cosine", "constant")
+AUGMENTATIONS = ("none", "affine")
+AUGMENT_SEED_OFFSET = 7_000_003  # the augmentation of step i is a pure function of (seed, i)
+
+
+def augment_episode(batch: Episode, config: TrainConfig, step: int) -> Episode:
+    """The training batch of ``step`` with its images distorted as ``config.augment`` says.
+
+    Support and query images of every episode in the batch are distorted in one
+    ``affine_grid``/``grid_sample`` call, each image by its own draw; the draws are seeded by
+    ``(seed, step)``, so a resumed run distorts exactly as the uninterrupted one.
+    """
+    if config.augment == "none":
+        return batch
+    from kshot.nn.augment import random_affine
+
+    generator = torch.Generator().manual_seed(episode_seed(config.seed + AUGMENT_SEED_OFFSET, step))
+    images = torch.cat([batch.support_x.flatten(0, -4), batch.query_x.flatten(0, -4)])
+    distorted = random_affine(images, generator, rotation=config.aug_rotation,
+                              shear=config.aug_shear,
+                              scale=(1 - config.aug_scale, 1 + config.aug_scale),
+                              translate=config.aug_translate, probability=config.aug_probability)
+    n_support = batch.support_x[..., 0, 0, 0].numel()
+    return replace(batch, support_x=distorted[:n_support].view_as(batch.support_x),
+                   query_x=distorted[n_support:].view_as(batch.query_x))
 
 
 def _adam(parameters: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:
@@ -100,12 +163,14 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         self.progress = progress
+        shuffle = learner.order_sensitive  # a sequence reader must not learn labels from positions
         self.train_sampler = EpisodeSampler(train_data, config.ways, config.shots, config.queries,
-                                            seed=config.seed)
+                                            seed=config.seed, shuffle=shuffle)
         self.val_sampler = None
         if val_data is not None and config.val_episodes > 0:
             self.val_sampler = EpisodeSampler(val_data, config.val_ways, config.val_shots,
-                                              config.val_queries, seed=config.seed + VAL_SEED_OFFSET)
+                                              config.val_queries, seed=config.seed + VAL_SEED_OFFSET,
+                                              shuffle=shuffle)
         self.optimizer = None
         if learner.trainable:
             self.optimizer = _adam([p for p in learner.parameters() if p.requires_grad],
@@ -128,7 +193,7 @@ class Trainer:
             return config.lr * 0.5 * (1 + math.cos(math.pi * min(episodes / config.episodes, 1.0)))
         if config.schedule == "step":
             return config.lr * config.lr_decay ** (episodes // max(config.decay_every, 1))
-        raise KShotError(f"unknown schedule {config.schedule!r}; use step, cosine or constant")
+        raise KShotError(f"unknown schedule {config.schedule!r}; use {', '.join(SCHEDULES)}")
 
     # ----------------------------------------------------------------------------------------
     def _state(self) -> dict[str, torch.Tensor]:
@@ -274,7 +339,7 @@ class Trainer:
             while self.step < self.total_steps and self._stop_signal is None and not out_of_time:
                 first = self.step * config.meta_batch
                 batch = self.train_sampler.batch(range(first, first + config.meta_batch))
-                batch = batch.to(self.device)
+                batch = augment_episode(batch, config, self.step).to(self.device)
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.learning_rate(self.step)
                 metrics = self._train_step(batch)

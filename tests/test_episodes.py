@@ -239,3 +239,35 @@ def test_n_way_zero_message_names_ways_option() -> None:
 def test_zero_queries_allowed() -> None:
     episode = EpisodeSampler(traceable_dataset([2, 2]), 2, 2, 0).episode(0)
     assert episode.query_x.shape == (0, 1, 2, 2) and episode.n_query == 0
+
+
+@PROPERTY_SETTINGS
+@given(case=sampler_cases())
+def test_shuffled_episode_holds_the_same_items_with_their_labels(case) -> None:
+    """shuffle=True permutes the support and the query items of episode i (labels follow their
+    items); which items make up episode i does not change."""
+    sizes, n_way, k_shot, n_query, seed, index = case
+    dataset = traceable_dataset(sizes)
+    plain = EpisodeSampler(dataset, n_way, k_shot, n_query, seed=seed).episode(index)
+    shuffled = EpisodeSampler(dataset, n_way, k_shot, n_query, seed=seed,
+                              shuffle=True).episode(index)
+    for x, y in (("support_x", "support_y"), ("query_x", "query_y")):
+        pairs = sorted(zip(items_of(getattr(plain, x)).tolist(), getattr(plain, y).tolist(),
+                           strict=True))
+        shuffled_pairs = sorted(zip(items_of(getattr(shuffled, x)).tolist(),
+                                    getattr(shuffled, y).tolist(), strict=True))
+        assert pairs == shuffled_pairs
+
+
+def test_shuffle_is_seeded_and_breaks_class_order(many_classes: ClassDataset) -> None:
+    sampler = EpisodeSampler(many_classes, 10, 1, 1, seed=4, shuffle=True)
+    assert_episodes_equal(sampler.episode(7), sampler.episode(7))
+    assert_episodes_equal(sampler.batch([7, 8]).unbatch()[1], sampler.episode(8))
+    labels = torch.stack([sampler.episode(i).support_y for i in range(20)])
+    assert not (labels == labels[0]).all()  # the order differs from episode to episode
+    sorted_count = sum(bool((y[1:] >= y[:-1]).all()) for y in labels)
+    assert sorted_count < 3  # not class-sorted (10 items: sorted by chance ~1 in 100 000)
+    assert sampler.with_shuffle() is sampler
+    plain = sampler.with_shuffle(False)
+    assert not plain.shuffle and sampler.shuffle
+    assert bool((plain.episode(0).support_y.diff() >= 0).all())

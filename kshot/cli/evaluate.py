@@ -10,9 +10,10 @@ from kshot.cli.common import add_runtime_options, print_json, resolve_device, se
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from kshot.checkpoint import load_run
+    from kshot.compare import eval_record, lake_record, resolve_test_set
     from kshot.data.episodes import EpisodeSampler
     from kshot.data.omniglot import load_lake_runs
-    from kshot.datasets import DEFAULT_SPLITS, load_dataset
+    from kshot.datasets import load_dataset
     from kshot.evaluate import evaluate, evaluate_lake_runs
     from kshot.protocol import check_overlap, class_ids, lake_run_class_ids
 
@@ -21,8 +22,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     learner, run_config, checkpoint = load_run(args.run_dir)
     learner.to(device)
     data = run_config["data"]
-    scored_checkpoint = {"run": str(args.run_dir), "checkpoint": checkpoint["checkpoint"],
-                         "checkpoint_episodes": checkpoint.get("episodes")}
     if checkpoint.get("note") and not args.json:
         print(f"kshot: note: {checkpoint['note']}", file=sys.stderr)
     if args.lake_runs:
@@ -30,19 +29,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overlap = check_overlap(args.run_dir, lake_run_class_ids(args.data_dir),
                                 "Lake's 20 runs", args.allow_overlap)
         result = evaluate_lake_runs(learner, runs, device=device)
-        record = {"method": run_config["method"], "dataset": "omniglot", "split": "lake-runs",
-                  "ways": 20, "shots": 1, "episodes": 20, "error": round(result["error"], 3),
-                  "per_run": [round(e, 2) for e in result["per_run"]], "overlap": overlap,
-                  **scored_checkpoint, "seconds": round(result["seconds"], 3)}
+        record = lake_record(args.run_dir, run_config, checkpoint, result, overlap)
         if args.json:
             print_json(record)
         else:
             print(f"Lake's 20 runs: error {result['error']:.2f}% "
                   f"(per run: {', '.join(f'{e:.0f}' for e in result['per_run'])})")
         return 0
-    dataset = args.dataset or data["dataset"]
-    split = args.split or (data["split"] if dataset == data["dataset"] else None) or \
-        DEFAULT_SPLITS.get(dataset)
+    dataset, split = resolve_test_set(data, args.dataset, args.split)
     test_data = load_dataset(dataset, split=split, subset="test", image_size=learner.item_shape[-1],
                              test_rotations=args.test_rotations, data_dir=args.data_dir,
                              folder=args.folder, progress=not args.json)
@@ -50,14 +44,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     sampler = EpisodeSampler(test_data, args.ways, args.shots, args.queries, seed=args.seed)
     report = evaluate(learner, sampler, args.episodes, batch_size=args.batch_size, device=device,
                       progress=not args.json)
-    record = {"method": run_config["method"], "dataset": dataset, "split": split,
-              "test_set": test_data.name, "test_classes": test_data.n_classes,
-              "test_rotations": bool(test_data.meta.get("rotations", False)),
-              "ways": args.ways, "shots": args.shots, "queries": args.queries,
-              "episodes": args.episodes, "seed": args.seed,
-              "accuracy": round(report.accuracy * 100, 3), "ci95": round(report.ci95 * 100, 3),
-              "overlap": overlap, **scored_checkpoint, "seconds": round(report.seconds, 3),
-              "episodes_per_s": round(report.episodes_per_second, 2)}
+    record = eval_record(args.run_dir, run_config, checkpoint, report, test_data, dataset, split,
+                         overlap)
     if args.json:
         print_json(record)
     else:

@@ -5,10 +5,18 @@ An episode draws ``n_way`` classes, then ``k_shot + n_query`` distinct items of 
 classes were drawn. Episode ``i`` of a sampler with seed ``s`` is a pure function of ``(s, i)``, so
 every method is scored on the same evaluation episodes, and a resumed training run sees exactly the
 episodes it would have seen without the interruption.
+
+By default support and query items come in class order (items of label 0 first). A method that
+reads a set as a sequence (Matching Networks' bi-LSTM, a memory-augmented net) could learn labels
+from positions; ``shuffle=True`` permutes the support items and the query items of each episode
+(with their labels) by a seeded draw made after the items are chosen, so a shuffled episode ``i``
+holds exactly the items of the unshuffled episode ``i``, in another order: order-invariant methods
+score the same on both, and every method is still scored on the same episodes.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 
@@ -41,6 +49,14 @@ class Episode:
     @property
     def batched(self) -> bool:
         return self.support_y.ndim == 2
+
+    def items(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Support and query items together with their labels, for losses over a labelled batch
+        (pairs, triplets: an episode is a batch of ``n_way`` classes × ``k_shot + n_query`` items):
+        ``x [S+Q, ...]``, ``y [S+Q]``, or ``[B, S+Q, ...]`` batched."""
+        dim = 1 if self.batched else 0
+        return (torch.cat([self.support_x, self.query_x], dim),
+                torch.cat([self.support_y, self.query_y], dim))
 
     def to(self, device: torch.device | str) -> Episode:
         return Episode(self.support_x.to(device), self.support_y.to(device),
@@ -86,6 +102,7 @@ class EpisodeSampler:
         seed: int = 0,
         episodes: int | None = None,
         start: int = 0,
+        shuffle: bool = False,
     ) -> None:
         for name, option, value, low in (("n_way", "--ways", n_way, 1),
                                          ("k_shot", "--shots", k_shot, 1),
@@ -109,6 +126,7 @@ class EpisodeSampler:
         self.dataset = dataset
         self.n_way, self.k_shot, self.n_query = int(n_way), int(k_shot), int(n_query)
         self.seed, self.episodes, self.start = int(seed), episodes, int(start)
+        self.shuffle = bool(shuffle)
         self._eligible = eligible
         self._max_size = int(dataset.sizes[eligible].max())
         # [eligible, max_size]: True where a class has no item at that position
@@ -127,32 +145,55 @@ class EpisodeSampler:
 
     def item_indices(self, index: int) -> torch.Tensor:
         """Dataset item indices of episode ``index``: ``int64 [n_way, k_shot + n_query]``."""
+        return self._draw(index)[0]
+
+    def with_shuffle(self, shuffle: bool = True) -> EpisodeSampler:
+        """The same episodes, with (or without) the seeded shuffle of item order."""
+        if shuffle == self.shuffle:
+            return self
+        other = copy.copy(self)
+        other.shuffle = bool(shuffle)
+        return other
+
+    def _draw(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Items ``[n_way, k_shot + n_query]`` of episode ``index``, and (when shuffling) the
+        permutations of its ``n_way*k_shot`` support and ``n_way*n_query`` query positions."""
         generator = torch.Generator().manual_seed(episode_seed(self.seed, index))
         chosen = self._eligible[torch.randperm(len(self._eligible), generator=generator)[: self.n_way]]
         # a random order of each chosen class's items; padding positions sort last
         keys = torch.rand(self.n_way, self._max_size, generator=generator)
         keys.masked_fill_(self._padding[torch.searchsorted(self._eligible, chosen)], 2.0)
         positions = keys.argsort(dim=1)[:, : self.k_shot + self.n_query]
-        return self.dataset.offsets[chosen].unsqueeze(1) + positions
+        items = self.dataset.offsets[chosen].unsqueeze(1) + positions
+        if not self.shuffle:  # drawn after the items: shuffling never changes which items
+            return items, None, None
+        return (items, torch.randperm(self.n_way * self.k_shot, generator=generator),
+                torch.randperm(self.n_way * self.n_query, generator=generator))
 
     def episode(self, index: int) -> Episode:
-        return self._build(self.item_indices(index).unsqueeze(0), batched=False)
+        return self._build([self._draw(index)], batched=False)
 
     def batch(self, indices: Sequence[int]) -> Episode:
         """Episodes ``indices`` stacked into one batched Episode (one gather, one float conversion)."""
-        return self._build(torch.stack([self.item_indices(i) for i in indices]), batched=True)
+        return self._build([self._draw(i) for i in indices], batched=True)
 
-    def _build(self, items: torch.Tensor, batched: bool) -> Episode:
-        # items: [B, n_way, k_shot + n_query]
+    def _build(self, draws: list, batched: bool) -> Episode:
+        items = torch.stack([draw[0] for draw in draws])  # [B, n_way, k_shot + n_query]
         n_batch = items.shape[0]
         support_items = items[:, :, : self.k_shot].reshape(n_batch, -1)
         query_items = items[:, :, self.k_shot :].reshape(n_batch, -1)
-        to_float = self.dataset.to_float
-        support_x = to_float(self.dataset.images[support_items])
-        query_x = to_float(self.dataset.images[query_items])
         labels = torch.arange(self.n_way)
         support_y = labels.repeat_interleave(self.k_shot).expand(n_batch, -1)
         query_y = labels.repeat_interleave(self.n_query).expand(n_batch, -1)
+        if self.shuffle:
+            support_order = torch.stack([draw[1] for draw in draws])
+            query_order = torch.stack([draw[2] for draw in draws])
+            support_items, support_y = support_items.gather(1, support_order), support_order // self.k_shot
+            query_items = query_items.gather(1, query_order)
+            query_y = query_order // max(self.n_query, 1)
+        to_float = self.dataset.to_float
+        support_x = to_float(self.dataset.images[support_items])
+        query_x = to_float(self.dataset.images[query_items])
         if not batched:
             return Episode(support_x[0], support_y[0].clone(), query_x[0], query_y[0].clone(),
                            self.n_way, self.k_shot)

@@ -41,6 +41,13 @@ class Learner(nn.Module):
         return loss, {"loss": float(loss.detach()), "accuracy": accuracy(logits, episode.query_y)}
 
     @property
+    def order_sensitive(self) -> bool:
+        """Whether the order of the support items can change a prediction (a method that reads the
+        set as a sequence). The Trainer and the evaluator give such a learner episodes whose items
+        are shuffled by a seeded draw, so it cannot learn labels from positions."""
+        return False
+
+    @property
     def trainable(self) -> bool:
         """Whether there is anything for the Trainer to optimise."""
         return any(p.requires_grad for p in self.parameters())

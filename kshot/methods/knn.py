@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kshot.config import AT_LEAST_ONE, check_choice, check_ranges
 from kshot.errors import KShotError
 from kshot.methods.base import Learner, register
 from kshot.nn.backbones import build_backbone
@@ -31,6 +32,10 @@ class KNNConfig:
     hidden: int = 64
     """Channels of a conv4 backbone (taken from the embedding run when there is one)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, k=AT_LEAST_ONE, hidden=AT_LEAST_ONE)
+        check_choice(self, "metric", ("euclidean", "cosine"))
+
 
 @register
 class KNN(Learner):
@@ -39,10 +44,6 @@ class KNN(Learner):
 
     def __init__(self, config: KNNConfig, item_shape: tuple[int, ...]) -> None:
         super().__init__(config, item_shape)
-        if config.k < 1:
-            raise KShotError(f"k must be at least 1, got {config.k}")
-        if config.metric not in ("euclidean", "cosine"):
-            raise KShotError(f"unknown metric {config.metric!r}; use euclidean or cosine")
         if config.embedding_run:
             from kshot.checkpoint import load_run_backbone
 

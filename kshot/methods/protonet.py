@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kshot.errors import KShotError
+from kshot.config import AT_LEAST_ONE, POSITIVE, check_choice, check_ranges
 from kshot.methods.base import Learner, register
 from kshot.nn.backbones import build_backbone
+
+DISTANCES = ("sqeuclidean", "euclidean", "cosine")
 
 
 @dataclass
@@ -27,6 +29,10 @@ class ProtoNetConfig:
     """sqeuclidean (the paper), euclidean (easyfsl's choice) or cosine."""
     temperature: float = 1.0
     """Logits are -distance / temperature (cosine: similarity / temperature)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, hidden=AT_LEAST_ONE, temperature=POSITIVE)
+        check_choice(self, "distance", DISTANCES)
 
 
 def class_means(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
@@ -43,9 +49,6 @@ def squared_distances(queries: torch.Tensor, prototypes: torch.Tensor) -> torch.
             + prototypes.pow(2).sum(-1).unsqueeze(1)).clamp_min(0)
 
 
-DISTANCES = ("sqeuclidean", "euclidean", "cosine")
-
-
 @register
 class ProtoNet(Learner):
     name = "protonet"
@@ -53,8 +56,6 @@ class ProtoNet(Learner):
 
     def __init__(self, config: ProtoNetConfig, item_shape: tuple[int, ...]) -> None:
         super().__init__(config, item_shape)
-        if config.distance not in DISTANCES:
-            raise KShotError(f"unknown distance {config.distance!r}; use one of {', '.join(DISTANCES)}")
         options = {"hidden": config.hidden} if config.backbone == "conv4" else {}
         self.backbone = build_backbone(config.backbone, item_shape, **options)
 

@@ -4,6 +4,9 @@
   max-pool 2]; a 28×28 image becomes a 64-d vector, a 105×105 one 64·6·6.
 * ``lenet``: the LeNet-style twin of the book's Siamese network (conv 5×5 ×20, pool, conv 5×5 ×50,
   pool, fully connected 500, ReLU, fully connected to the embedding).
+* ``booknet``: the book's Siamese network for MNIST exactly as it is written there (chapter 2):
+  conv 5×5 ×20, max-pool 2, conv 5×5 ×50, max-pool 2 (no non-linearity after the convolutions),
+  fully connected 500, ReLU, fully connected 10, fully connected to a 2-d embedding (plottable).
 
 Backbones take float images ``[B, C, H, W]`` and return ``[B, D]``; ``out_dim`` is ``D``. They run
 in channels-last memory format on CPU, which is about 1.6× faster for these small convolutions.
@@ -70,6 +73,32 @@ class LeNet(nn.Module):
         return self.head(self.features(images))
 
 
+class BookNet(nn.Module):
+    """The book's MNIST Siamese twin: two conv + max-pool stages, then FC 500 → 10 → ``embedding_dim``.
+
+    As in the book, the only non-linearity is the ReLU after the 500-unit layer (and the
+    max-pooling); the default 2-d output is meant to be plotted.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, hidden: int = 500,
+                 embedding_dim: int = 2) -> None:
+        super().__init__()
+        side = ((image_size - 4) // 2 - 4) // 2
+        if side < 1:
+            raise KShotError(f"booknet needs images of at least 16 pixels, got {image_size}")
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 20, 5), nn.MaxPool2d(2),
+            nn.Conv2d(20, 50, 5), nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(50 * side * side, hidden),
+                                  nn.ReLU(inplace=True), nn.Linear(hidden, 10),
+                                  nn.Linear(10, embedding_dim))
+        self.out_dim = embedding_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
 class Flatten(nn.Module):
     """No learned embedding: items as flat vectors (kNN on pixels, tabular features)."""
 
@@ -81,7 +110,8 @@ class Flatten(nn.Module):
         return items.flatten(1)
 
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {"conv4": Conv4, "lenet": LeNet, "pixels": Flatten}
+BACKBONES: dict[str, Callable[..., nn.Module]] = {"conv4": Conv4, "lenet": LeNet, "booknet": BookNet,
+                                                  "pixels": Flatten}
 
 
 def build_backbone(name: str, item_shape: tuple[int, ...], **options) -> nn.Module:

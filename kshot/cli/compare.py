@@ -1,0 +1,63 @@
+"""``kshot compare RUN RUN ...``: score runs on the same episodes and test their differences."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kshot.cli.common import add_runtime_options, print_json, resolve_device, set_threads
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from kshot.compare import compare_runs, format_table
+
+    set_threads(args.threads, args.compile)
+    device = resolve_device(args.device)
+
+    def note(text: str) -> None:
+        if not args.json:
+            print(f"kshot: note: {text}", file=sys.stderr)
+
+    comparison = compare_runs(
+        args.run_dirs, ways=args.ways, shots=args.shots, queries=args.queries,
+        episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
+        lake_runs=args.lake_runs, dataset=args.dataset, split=args.split, folder=args.folder,
+        test_rotations=args.test_rotations, allow_overlap=args.allow_overlap,
+        data_dir=args.data_dir, device=device, progress=not args.json, on_note=note)
+    if args.json:
+        for run in comparison.runs:
+            print_json(run.record)
+        for record in comparison.pair_records():
+            print_json(record)
+    else:
+        print(format_table(comparison))
+    return 0
+
+
+def add_parser(commands) -> None:
+    from kshot.datasets import DATASETS
+
+    cmp = commands.add_parser("compare", help="score runs on the same episodes; paired "
+                              "differences with 95%% CIs and p-values")
+    cmp.add_argument("run_dirs", nargs="+", metavar="run_dir", help="two or more run directories")
+    cmp.add_argument("--ways", type=int, default=5)
+    cmp.add_argument("--shots", type=int, default=1)
+    cmp.add_argument("--queries", type=int, default=15)
+    cmp.add_argument("--episodes", type=int, default=1000)
+    cmp.add_argument("--seed", type=int, default=123)
+    cmp.add_argument("--batch-size", type=int, default=16, help="episodes per forward pass")
+    cmp.add_argument("--lake-runs", action="store_true", help="Lake's 20 one-shot runs instead "
+                     "(the runs' errors are the paired units)")
+    cmp.add_argument("--dataset", choices=DATASETS, help="score on another data set (transfer); "
+                     "the runs may then come from different data sets")
+    cmp.add_argument("--split", help="split of --dataset")
+    cmp.add_argument("--folder", help="root of --dataset folder")
+    cmp.add_argument("--test-rotations", action=argparse.BooleanOptionalAction, default=None,
+                     help="Omniglot test characters rotated by 90/180/270 as extra classes "
+                     "(default: the split's convention: on for vinyals, off for lake)")
+    cmp.add_argument("--allow-overlap", action="store_true", help="score classes a run trained "
+                     "or validated on anyway (refused by default; the JSON lines count them)")
+    cmp.add_argument("--json", action="store_true", help="one JSON line per run (as `kshot eval "
+                     "--json`), then one per pair (\"kind\": \"pair\")")
+    add_runtime_options(cmp)
+    cmp.set_defaults(func=cmd_compare)
