@@ -22,3 +22,20 @@ wait_all() {
   for job in $(jobs -p); do wait "$job" || failed=1; done
   return $failed
 }
+
+# Train the runs named in the array RUNS (entries "DIR|method args...") JOBS at a time: the runs
+# are dealt round-robin into JOBS queues that run side by side, each queue one run after another.
+# usage: RUNS=("out/a|protonet --shots 1" ...); train_queues JOBS
+train_queues() {
+  local jobs=$1 queue entry
+  for (( queue = 0; queue < jobs; queue++ )); do
+    (
+      for (( i = queue; i < ${#RUNS[@]}; i += jobs )); do
+        entry=${RUNS[$i]}
+        # shellcheck disable=SC2086  # the method arguments are split on purpose
+        train_run "${entry%%|*}" ${entry#*|}
+      done
+    ) &
+  done
+  wait_all
+}

@@ -8,17 +8,24 @@ more data to fit its weights. :func:`knn_vs_mlp` repeats that experiment over ma
 so the comparison comes with a confidence interval instead of resting on one lucky split;
 :func:`format_knn_vs_mlp` prints it as a table and :func:`plot_iris_3d` draws the book's 3-D
 scatter plot of the data.
+
+Chapter 2's exercise, :func:`siamese_mnist`, trains the book's small Siamese network (``booknet``:
+two conv + max-pool stages, then fully connected 500 → 10 → 2) with the contrastive loss on
+2,000 MNIST digits and plots the 2-d embedding of digits it did not train on, one colour per
+digit, next to the loss curve.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 from sklearn.datasets import load_iris
 from sklearn.exceptions import ConvergenceWarning
@@ -26,10 +33,20 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 
+from kshot.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_ranges
 from kshot.errors import KShotError
 from kshot.plots import save_figure_atomically
 
-__all__ = ["KnnVsMlpConfig", "format_knn_vs_mlp", "knn_vs_mlp", "plot_iris_3d"]
+__all__ = [
+    "KnnVsMlpConfig",
+    "SiameseMnistConfig",
+    "SiameseMnistResult",
+    "format_knn_vs_mlp",
+    "format_siamese_mnist",
+    "knn_vs_mlp",
+    "plot_iris_3d",
+    "siamese_mnist",
+]
 
 _MAX_SKLEARN_SEED = 2**31 - 1  # sklearn random_state must fit in a 32-bit signed int
 
@@ -276,3 +293,214 @@ def plot_iris_3d(
     axes.set_title(f"iris: {n_points} sampled flowers (large) of {len(labels)} (seed {seed})")
     axes.legend(loc="upper left", fontsize=8)
     return save_figure_atomically(figure, path)
+
+
+# ------------------------------------------------------------------- chapter 2: Siamese on MNIST
+@dataclass
+class SiameseMnistConfig:
+    """Settings of the book's Siamese MNIST exercise; the model, loss and optimiser are the book's."""
+
+    train_images: int = 2000
+    """MNIST images the network trains on (the book: 2,000)."""
+    plot_images: int = 1000
+    """Held-out images whose 2-d embeddings are plotted (none of them is trained on)."""
+    epochs: int = 10
+    """Passes over the training pairs (the book runs 100; the picture is clear after a few)."""
+    batch_size: int = 128
+    """Pairs per SGD step (the book: 128)."""
+    lr: float = 0.01
+    """SGD learning rate (the book: 0.01)."""
+    momentum: float = 0.9
+    """SGD momentum (the book: 0.9)."""
+    margin: float = 1.0
+    """Margin of the contrastive loss (the book: 1.0)."""
+    seed: int = 0
+    """Seed of the image split, the pairs, the batches and the weights."""
+    out_dir: str = "."
+    """Folder of the two PNGs."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, train_images=Range(20), plot_images=AT_LEAST_ONE, epochs=AT_LEAST_ONE,
+                     batch_size=AT_LEAST_ONE, lr=POSITIVE, momentum=Range(0, 1, high_open=True),
+                     margin=POSITIVE, seed=NON_NEGATIVE)
+
+
+@dataclass
+class SiameseMnistResult:
+    """What :func:`siamese_mnist` did: the PNGs, the split, the losses and a held-out score."""
+
+    embedding_plot: Path
+    loss_plot: Path
+    train_indices: np.ndarray = field(repr=False)
+    """Indices (into the 10,000 MNIST test images as kshot holds them) trained on."""
+    heldout_indices: np.ndarray = field(repr=False)
+    """Indices of the plotted images: disjoint from ``train_indices``."""
+    pairs_per_epoch: int
+    batch_losses: list[float] = field(repr=False)
+    epoch_losses: list[float]
+    heldout_accuracy: float
+    """Share of the held-out images whose nearest training image (in the 2-d embedding) shows
+    the same digit."""
+    seconds: float
+    config: dict[str, Any]
+
+
+def balanced_pairs(labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Two pairs per item, one same-class and one different-class, drawn from ``generator``:
+    ``labels [N]`` (classes ``0..C-1``, each with at least two items, at least two classes) ->
+    ``first [2N]``, ``second [2N]`` item indices and ``same [2N]`` (True: same class)."""
+    n_items, n_classes = len(labels), int(labels.max()) + 1
+    order = labels.argsort(stable=True)  # items grouped by class
+    counts = torch.bincount(labels, minlength=n_classes)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty(n_items, dtype=torch.long)
+    rank[order] = torch.arange(n_items) - starts[labels[order]]  # position within its class
+    # same class: another item of the class, a random nonzero step around the class's block
+    step = (torch.rand(n_items, generator=generator) * (counts[labels] - 1)).long() + 1
+    positive = order[starts[labels] + (rank + step) % counts[labels]]
+    # different class: a random other class, then a random item of it
+    other = (labels + 1 + (torch.rand(n_items, generator=generator) * (n_classes - 1)).long()
+             ) % n_classes
+    negative = order[starts[other] + (torch.rand(n_items, generator=generator)
+                                      * counts[other]).long()]
+    items = torch.arange(n_items)
+    first = torch.cat([items, items])
+    second = torch.cat([positive, negative])
+    same = torch.cat([torch.ones(n_items, dtype=torch.bool), torch.zeros(n_items, dtype=torch.bool)])
+    return first, second, same
+
+
+def siamese_mnist(config: SiameseMnistConfig | None = None,
+                  data_dir: str | os.PathLike | None = None,
+                  progress: bool = False) -> SiameseMnistResult:
+    """The book's chapter-2 exercise: a Siamese ``booknet`` trained with the contrastive loss.
+
+    The images are MNIST's official test file (10,000 digits, the one at hand), split by one
+    seeded permutation: its first ``train_images`` are trained on, the next ``plot_images`` are
+    only embedded and plotted, so the plot shows digits the network never saw. Each epoch pairs
+    every training image once with a random image of its digit and once with a random image of
+    another digit (balanced, seeded), and runs SGD with momentum on the contrastive loss
+    (euclidean distance, margin 1, the same-digit pairs pulled together, the others pushed at
+    least the margin apart). Writes ``siamese_mnist_embeddings.png`` and ``siamese_mnist_loss.png``
+    into ``out_dir``.
+    """
+    from kshot.data.mnist import load_mnist
+    from kshot.nn.backbones import build_backbone
+    from kshot.nn.losses import contrastive_loss, paired_distances
+
+    config = config if config is not None else SiameseMnistConfig()
+    started = time.perf_counter()
+    data = load_mnist("test", data_dir=data_dir, progress=progress)
+    needed = config.train_images + config.plot_images
+    if needed > len(data.images):
+        raise KShotError(f"--train-images {config.train_images} plus --plot-images "
+                         f"{config.plot_images} exceed the {len(data.images)} MNIST test images; "
+                         "lower one of them")
+    labels = data.labels
+    generator = torch.Generator().manual_seed(config.seed)
+    permutation = torch.randperm(len(labels), generator=generator)
+    train_indices = permutation[: config.train_images]
+    heldout_indices = permutation[config.train_images : needed]
+    train_x = data.to_float(data.images[train_indices])  # [n, 1, 28, 28] in [0, 1]
+    train_y = labels[train_indices]
+    if int(torch.bincount(train_y, minlength=10).min()) < 2:
+        raise KShotError(f"--train-images {config.train_images} leaves a digit with fewer than "
+                         "two images; use more training images")
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_backbone("booknet", (1, 28, 28))
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    batch_losses: list[float] = []
+    epoch_losses: list[float] = []
+    model.train()
+    for _ in range(config.epochs):
+        first, second, same = balanced_pairs(train_y, generator)
+        shuffle = torch.randperm(len(first), generator=generator)
+        first, second, same = first[shuffle], second[shuffle], same[shuffle]
+        total = 0.0
+        for start in range(0, len(first), config.batch_size):
+            chunk = slice(start, start + config.batch_size)
+            n_pairs = len(first[chunk])
+            embeddings = model(torch.cat([train_x[first[chunk]], train_x[second[chunk]]]))
+            distances = paired_distances(embeddings[:n_pairs], embeddings[n_pairs:])
+            loss = contrastive_loss(distances, same[chunk], config.margin)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            batch_losses.append(float(loss.detach()))
+            total += batch_losses[-1] * n_pairs
+        epoch_losses.append(total / len(first))
+
+    model.eval()
+    with torch.inference_mode():
+        train_embeddings = model(train_x)
+        heldout_embeddings = model(data.to_float(data.images[heldout_indices]))
+    heldout_y = labels[heldout_indices]
+    nearest = torch.cdist(heldout_embeddings, train_embeddings).argmin(1)
+    heldout_accuracy = float((train_y[nearest] == heldout_y).float().mean())
+
+    out_dir = Path(config.out_dir)
+    embedding_plot = _plot_embeddings(heldout_embeddings.numpy(), heldout_y.numpy(),
+                                      out_dir / "siamese_mnist_embeddings.png", config)
+    loss_plot = _plot_losses(batch_losses, epoch_losses, len(first),
+                             out_dir / "siamese_mnist_loss.png", config)
+    return SiameseMnistResult(embedding_plot, loss_plot, train_indices.numpy(),
+                              heldout_indices.numpy(), len(first), batch_losses, epoch_losses,
+                              heldout_accuracy, time.perf_counter() - started, asdict(config))
+
+
+def _plot_embeddings(embeddings: np.ndarray, labels: np.ndarray, path: Path,
+                     config: SiameseMnistConfig) -> Path:
+    figure = Figure(figsize=(7, 6))
+    axes = figure.add_subplot()
+    colours = [f"C{digit}" for digit in range(10)]  # matplotlib's ten-colour cycle
+    for digit in range(10):
+        chosen = labels == digit
+        axes.scatter(embeddings[chosen, 0], embeddings[chosen, 1], s=8, color=colours[digit],
+                     label=str(digit), alpha=0.8)
+    axes.set_xlabel("embedding 1")
+    axes.set_ylabel("embedding 2")
+    axes.set_title(f"Siamese booknet, contrastive loss: {len(labels)} held-out MNIST digits\n"
+                   f"(trained on {config.train_images} other images, {config.epochs} epochs, "
+                   f"seed {config.seed})", fontsize=10)
+    axes.legend(title="digit", loc="best", fontsize=8, markerscale=2)
+    return save_figure_atomically(figure, path)
+
+
+def _plot_losses(batch_losses: list[float], epoch_losses: list[float], pairs_per_epoch: int,
+                 path: Path, config: SiameseMnistConfig) -> Path:
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    steps_per_epoch = len(batch_losses) / max(len(epoch_losses), 1)
+    axes.plot(np.arange(1, len(batch_losses) + 1) / steps_per_epoch, batch_losses,
+              color="C0", alpha=0.4, linewidth=0.8, label="batch")
+    axes.plot(np.arange(1, len(epoch_losses) + 1), epoch_losses, color="C1", marker="o",
+              label="epoch mean")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("contrastive loss")
+    axes.set_title(f"training loss ({pairs_per_epoch} balanced pairs per epoch, batch "
+                   f"{config.batch_size})", fontsize=10)
+    axes.legend()
+    return save_figure_atomically(figure, path)
+
+
+def format_siamese_mnist(result: SiameseMnistResult) -> str:
+    """What :func:`siamese_mnist` did, where the PNGs are and how long it took."""
+    config = result.config
+    lines = [
+        ("Siamese booknet (conv-pool x2, FC 500 -> 10 -> 2), contrastive loss (margin "
+         f"{config['margin']:g}), SGD lr {config['lr']:g} momentum {config['momentum']:g}"),
+        (f"data: the 10,000 MNIST test images, split by a permutation seeded {config['seed']}: "
+         f"the first {len(result.train_indices)} trained on, the next "
+         f"{len(result.heldout_indices)} held out (disjoint from them) and plotted"),
+        (f"{config['epochs']} epoch(s) of {result.pairs_per_epoch} balanced pairs (each training "
+         "image once with its digit, once with another): loss "
+         f"{result.epoch_losses[0]:.4f} -> {result.epoch_losses[-1]:.4f}"),
+        ("held-out digits whose nearest training image (2-d embedding) shows the same digit: "
+         f"{result.heldout_accuracy:.1%}"),
+        f"embeddings plot: {result.embedding_plot}",
+        f"loss curve:      {result.loss_plot}",
+        f"runtime: {result.seconds:.1f} s",
+    ]
+    return "\n".join(lines)

@@ -93,7 +93,8 @@ class TrainConfig:
     aug_translate: float = 2.0
     """affine: largest translation, pixels (Koch et al.: 2 on 105-pixel images)."""
     aug_probability: float = 0.5
-    """affine: probability that each of the four distortions is applied (Koch et al.: 0.5)."""
+    """affine: probability that each component (rotation, x and y shear, x and y scale, x and y
+    translation) is drawn rather than left neutral, independently (Koch et al.: 0.5)."""
 
     def __post_init__(self) -> None:
         check_ranges(self, episodes=NON_NEGATIVE, ways=AT_LEAST_ONE, shots=AT_LEAST_ONE,

@@ -208,13 +208,13 @@ def test_registry_and_unknown_names() -> None:
         build_learner("no-such-method", {}, (1, 28, 28))
     with pytest.raises(KShotError, match="unknown backbone"):
         build_learner("protonet", {"backbone": "resnet-9000"}, (1, 28, 28))
-    with pytest.raises(KShotError, match="unknown distance"):
+    with pytest.raises(KShotError, match="--distance must be one of"):
         build_learner("protonet", {"distance": "manhattan"}, (1, 28, 28))
     with pytest.raises(KShotError, match="unknown option"):
         build_learner("protonet", {"hiden": 8}, (1, 28, 28))
-    with pytest.raises(KShotError, match="unknown metric"):
+    with pytest.raises(KShotError, match="--metric must be one of"):
         build_learner("knn", {"metric": "manhattan"}, (1, 28, 28))
-    with pytest.raises(KShotError, match="k must be"):
+    with pytest.raises(KShotError, match="--k must be >= 1"):
         build_learner("knn", {"k": 0}, (1, 28, 28))
 
 
@@ -359,7 +359,7 @@ def test_too_small_images_raise() -> None:
 
 
 def test_backbone_registry() -> None:
-    assert set(BACKBONES) == {"conv4", "lenet", "pixels"}
+    assert set(BACKBONES) == {"conv4", "lenet", "booknet", "pixels"}
     assert isinstance(build_backbone("conv4", (3, 32, 32), hidden=4), Conv4)
     with pytest.raises(KShotError, match="unknown backbone"):
         build_backbone("vgg", (1, 28, 28))

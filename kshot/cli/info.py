@@ -86,6 +86,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_siamese_mnist(args: argparse.Namespace) -> int:
+    from kshot.cli.common import set_threads
+    from kshot.demos import SiameseMnistConfig, format_siamese_mnist, siamese_mnist
+
+    set_threads(args.threads)
+    config = SiameseMnistConfig(train_images=args.train_images, plot_images=args.plot_images,
+                                epochs=args.epochs, seed=args.seed, out_dir=args.out_dir)
+    print(format_siamese_mnist(siamese_mnist(config, data_dir=args.data_dir, progress=True)))
+    return 0
+
+
 def add_parser(commands) -> None:
     ds = commands.add_parser("datasets", help="what is present, verified and cached")
     ds.add_argument("--data-dir")
@@ -104,3 +115,15 @@ def add_parser(commands) -> None:
     knn.add_argument("--seed", type=int, default=0)
     knn.add_argument("--plot", default="iris_3d.png", help="where to save the 3-D scatter plot")
     knn.set_defaults(func=cmd_demo)
+    siamese = demos.add_parser("siamese-mnist", help="chapter 2: the book's Siamese network on "
+                               "2,000 MNIST digits, contrastive loss, 2-d embedding plot")
+    siamese.add_argument("--out-dir", default=".", help="folder of the two PNGs (default: .)")
+    siamese.add_argument("--seed", type=int, default=0)
+    siamese.add_argument("--epochs", type=int, default=10)
+    siamese.add_argument("--train-images", type=int, default=2000)
+    siamese.add_argument("--plot-images", type=int, default=1000,
+                         help="held-out images to embed and plot (default: 1000)")
+    siamese.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    siamese.add_argument("--data-dir", help="folder of the MNIST files (default: $KSHOT_DATA_DIR, "
+                         "else a user data dir; downloaded when missing)")
+    siamese.set_defaults(func=cmd_demo_siamese_mnist)

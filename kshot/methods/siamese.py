@@ -14,6 +14,12 @@ items, :meth:`Episode.items`), all from :mod:`kshot.nn.losses`:
 
 A query is classified by its nearest support item: the logit of a class is the best score of its
 support items (minus the distance, or Koch's verification logit), the one-shot rule of both papers.
+
+Defaults: the triplet loss with semi-hard mining on L2-normalised embeddings, Euclidean distance,
+margin 0.2 (FaceNet's). Trained for 150 episodes of 16 classes × 4 images on Omniglot (conv4,
+28 px, one CPU thread, about 17 s), then scored 5-way 1-shot on unseen characters, the triplet
+loss learned fastest (semihard 90%, hard 92%, all 88%; untrained 55%), ahead of Koch's head (87%)
+and the contrastive loss (84%; 70% without normalising).
 """
 
 from __future__ import annotations
@@ -34,15 +40,14 @@ from kshot.nn.losses import (
     KochHead,
     balanced_mean,
     contrastive_loss,
-    mine_triplets,
+    mined_triplet_loss,
     pair_mask,
     pairwise_distances,
-    triplet_loss_from_distances,
 )
 
 LOSSES = ("contrastive", "triplet", "koch")
 DEFAULT_MARGINS = {"contrastive": 1.0, "triplet": 0.2, "koch": 0.0}
-"""The margin ``margin = 0`` stands for: Hadsell et al.'s and the book's 1.0, FaceNet's 0.2."""
+"""What ``margin = 0`` stands for: Hadsell et al.'s and the book's 1.0, FaceNet's 0.2."""
 EMBEDDING_BACKBONES = ("lenet", "booknet")
 """Backbones whose last layer is a linear embedding: ``embedding_dim`` sets its width."""
 
@@ -62,7 +67,7 @@ class SiameseConfig:
     distance: str = "euclidean"
     """euclidean, sqeuclidean or cosine (contrastive and triplet losses, and classifying)."""
     normalize: bool = True
-    """L2-normalise the embeddings (FaceNet; distances then lie in [0, 2])."""
+    """L2-normalise the embeddings (FaceNet; Euclidean distances then lie in [0, 2])."""
     embedding_dim: int = 0
     """Embedding size; 0: the backbone's output as it is (booknet 2, lenet 128), else a linear
     projection to it (the width of the last layer of lenet / booknet)."""
@@ -161,9 +166,8 @@ class Siamese(Learner):
                                                reduction="none")
                 loss = balanced_mean(pair_losses, positive, negative)
             else:
-                triplets = mine_triplets(distances, labels, config.mining)
-                loss = triplet_loss_from_distances(distances, triplets, config.effective_margin,
-                                                   positive_only=config.mining == "all")
+                loss = mined_triplet_loss(distances, labels, config.effective_margin,
+                                          config.mining)
         # the episode's accuracy as forward scores it: queries against the support items
         n_support = episode.support_y.shape[-1]
         support_y = labels[:, :n_support]

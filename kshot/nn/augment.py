@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kshot.config import NON_NEGATIVE, PROBABILITY, POSITIVE, Range, check_ranges
+from kshot.config import NON_NEGATIVE, POSITIVE, PROBABILITY, Range, check_ranges
 from kshot.errors import KShotError
 
 
@@ -46,7 +46,7 @@ def check_affine(rotation: float, shear: float, scale: tuple[float, float], tran
                  probability: float) -> None:
     """Raise :class:`KShotError` naming the option for a distortion range that is out of bounds."""
     values = AffineValues(rotation, shear, tuple(scale), translate, probability)
-    check_ranges(values, rotation=Range(0, 180), shear=Range(0, 1, high_open=True), scale=POSITIVE,
+    check_ranges(values, rotation=Range(0, 180), shear=NON_NEGATIVE, scale=POSITIVE,
                  translate=NON_NEGATIVE, probability=PROBABILITY)
     if len(values.scale) != 2 or values.scale[0] > values.scale[1]:
         raise KShotError(f"--scale must be two numbers LOW HIGH with LOW <= HIGH, got "
@@ -70,7 +70,8 @@ def affine_matrices(n: int, generator: torch.Generator, rotation: float = 10.0,
     """``n`` random forward affine maps ``[n, 2, 3]`` in pixel units about the image centre.
 
     Image content at offset ``p = (x, y)`` from the centre (x right, y down, pixels) moves to
-    ``M[:, :2] @ p + M[:, 2]``, where ``M[:, :2] = R(θ) · [[1, ρx], [ρy, 1]] · diag(sx, sy)``
+    ``M[:, :2] @ p + M[:, 2]``, where ``M[:, :2] = R(θ) · [[1, ρx], [0, 1]] · [[1, 0], [ρy, 1]]
+    · diag(sx, sy)`` (the shears one after the other: determinant 1, so any shear is invertible)
     and ``M[:, 2] = (tx, ty)``. Each of the seven components is drawn uniformly in its range and
     kept with chance ``probability`` (else it is neutral: 0, or 1 for a scale). Two ``torch.rand``
     draws from ``generator`` (CPU), so a generator state fixes the matrices.
@@ -90,7 +91,8 @@ def affine_matrices(n: int, generator: torch.Generator, rotation: float = 10.0,
         neutral).unbind(1)
     cos, sin = theta.cos(), theta.sin()
     rotate = torch.stack([cos, -sin, sin, cos], 1).view(n, 2, 2)
-    shear_matrix = torch.stack([torch.ones_like(shear_x), shear_x, shear_y,
+    # [[1, ρx], [0, 1]] @ [[1, 0], [ρy, 1]]
+    shear_matrix = torch.stack([1 + shear_x * shear_y, shear_x, shear_y,
                                 torch.ones_like(shear_y)], 1).view(n, 2, 2)
     linear = rotate @ shear_matrix @ torch.diag_embed(torch.stack([scale_x, scale_y], 1))
     # cos/sin of an exact 0 are exact, so a left-out transform is exactly the identity
@@ -114,26 +116,40 @@ def random_affine(images: torch.Tensor, generator: torch.Generator, rotation: fl
                   translate: float = 2.0, probability: float = 0.5) -> torch.Tensor:
     """Koch et al.'s random affine distortion of every image of ``images [N, C, H, W]``.
 
-    One transform per image (:func:`affine_matrices`, drawn from ``generator``), applied with
-    bilinear ``grid_sample`` (``align_corners=True``), the outside filled with 0 (the background).
-    Images whose transform is the identity are returned exactly as they were. Returns a new
-    tensor of the same shape, dtype and device.
+    One transform per image (:func:`affine_matrices`, drawn from ``generator``), applied by
+    :func:`apply_affine`: bilinear, the outside filled with 0 (the background), images whose
+    transform is the identity returned exactly as they were. Returns a new tensor of the same
+    shape, dtype and device.
     """
     if images.ndim != 4:
         raise KShotError(f"random_affine takes images [N, C, H, W], got shape "
                          f"{tuple(images.shape)}; flatten the leading dimensions first")
-    n, _, height, width = images.shape
-    forward = affine_matrices(n, generator, rotation, shear, scale, translate, probability)
-    if n == 0:
-        return images.clone()
-    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    moved = (forward != identity).flatten(1).any(1)  # [N]: images that actually change
+    forward = affine_matrices(len(images), generator, rotation, shear, scale, translate,
+                              probability)
+    return apply_affine(images, forward)
+
+
+def apply_affine(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Move the content of each image of ``images [N, C, H, W]`` by its forward map
+    ``matrices [N, 2, 3]`` (pixel units about the centre, as :func:`affine_matrices` draws them).
+
+    One ``affine_grid`` / ``grid_sample`` call (bilinear, ``align_corners=True``) for the images
+    that move; the outside is filled with 0; images whose map is exactly the identity are copied
+    unchanged. Integer images are rounded back to their type.
+    """
+    if images.ndim != 4 or matrices.shape != (len(images), 2, 3):
+        raise KShotError(f"apply_affine takes images [N, C, H, W] and matrices [N, 2, 3], got "
+                         f"{tuple(images.shape)} and {tuple(matrices.shape)}")
+    _, _, height, width = images.shape
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=matrices.dtype)
+    moved = (matrices.cpu() != identity).flatten(1).any(1)  # [N]: images that actually change
     if not bool(moved.any()):
         return images.clone()
-    theta = sampling_grid_matrices(forward[moved], height, width)
-    source = images[moved.to(images.device)]
+    theta = sampling_grid_matrices(matrices.cpu()[moved], height, width)
+    moved = moved.to(images.device)
+    source = images[moved]
     compute = source if source.is_floating_point() else source.float()
-    grid = F.affine_grid(theta.to(compute.dtype).to(images.device), list(compute.shape),
+    grid = F.affine_grid(theta.to(device=images.device, dtype=compute.dtype), list(compute.shape),
                          align_corners=True)
     warped = F.grid_sample(compute, grid, mode="bilinear", padding_mode="zeros",
                            align_corners=True)
@@ -141,5 +157,5 @@ def random_affine(images: torch.Tensor, generator: torch.Generator, rotation: fl
         info = torch.iinfo(images.dtype)
         warped = warped.round().clamp(info.min, info.max)
     result = images.clone()
-    result[moved.to(images.device)] = warped.to(images.dtype)
+    result[moved] = warped.to(images.dtype)
     return result
