@@ -40,6 +40,6 @@ for ways in 5 20; do
   for shots in 1 5; do
     kshot eval "$out/fce" --ways "$ways" --shots "$shots" --queries 15 --episodes 1000 --seed "$seed" --threads "$threads" --json
     kshot eval "$out/nofce" --ways "$ways" --shots "$shots" --queries 15 --episodes 1000 --seed "$seed" --threads "$threads" --json
-    kshot compare "${runs[@]}" --ways "$ways" --shots "$shots" --queries 15 --episodes 1000 --seed "$seed" --threads "$threads"
+    kshot compare "${runs[@]}" --ways "$ways" --shots "$shots" --queries 15 --episodes 1000 --seed "$seed" --threads "$threads" --json
   done
 done

@@ -35,5 +35,4 @@ for name in "${names[@]}"; do
 done
 for ways in 5 20; do
   kshot compare "${runs[@]}" --ways "$ways" --shots 1 --queries 15 --episodes 1000 --seed "$seed" --threads "$threads" --json
-  kshot compare "${runs[@]}" --ways "$ways" --shots 1 --queries 15 --episodes 1000 --seed "$seed" --threads "$threads"
 done

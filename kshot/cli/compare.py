@@ -29,6 +29,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print_json(run.record)
         for record in comparison.pair_records():
             print_json(record)
+        print(format_table(comparison), file=sys.stderr)  # the table beside the lines, not in them
     else:
         print(format_table(comparison))
     return 0
@@ -58,6 +59,6 @@ def add_parser(commands) -> None:
     cmp.add_argument("--allow-overlap", action="store_true", help="score classes a run trained "
                      "or validated on anyway (refused by default; the JSON lines count them)")
     cmp.add_argument("--json", action="store_true", help="one JSON line per run (as `kshot eval "
-                     "--json`), then one per pair (\"kind\": \"pair\")")
+                     "--json`), then one per pair (\"kind\": \"pair\"), on stdout; the table goes to stderr")
     add_runtime_options(cmp)
     cmp.set_defaults(func=cmd_compare)
