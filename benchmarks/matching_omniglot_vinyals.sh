@@ -3,12 +3,13 @@
 # validation 172 x 4 selecting the checkpoint, test 423 x 4 = 1692 classes), 28x28, Conv4.
 # Two models, with and without full-context embeddings (bi-LSTM over the support set, attention-LSTM
 # with 5 processing steps for the queries), each trained 20-way 1-shot with 5 queries per class
-# (episodes shuffled: items in a seeded random order), at most 60 minutes of training each. With
-# JOBS=2 (default) both train at once, each on one of the THREADS=2 cores. Then 1000 test episodes
-# each of 5-way/20-way 1-shot/5-shot, 15 queries, seeded EVAL_SEED (default 123), and one
-# `kshot compare` table of both models (and of the ProtoNet runs in PROTONET, if given: the
-# protonet_omniglot_vinyals.sh output folder) on the same episodes. Re-run with another EVAL_SEED to
-# re-score the finished runs on other episodes without retraining.
+# (episodes shuffled: items in a seeded random order), at most BUDGET seconds (default 3600) of
+# training each. With JOBS=2 (default) both train at once, each on one of the THREADS=2 cores. Then
+# one `kshot compare --json` of both models (and of ProtoNet's model of the same shot from PROTONET,
+# if given: the protonet_omniglot_vinyals.sh output folder) on the same 1000 test episodes of each of
+# 5-way/20-way 1-shot/5-shot, 15 queries, seeded EVAL_SEED (default 123): one `kshot eval --json`
+# line per run and one line per pair on stdout, the table on stderr. Re-run with another EVAL_SEED
+# to re-score the finished runs on other episodes without retraining.
 # usage: [PROTONET=DIR] bash benchmarks/matching_omniglot_vinyals.sh OUT
 set -euo pipefail
 out=${1:?usage: bash benchmarks/matching_omniglot_vinyals.sh OUT}
@@ -32,14 +33,12 @@ else
 fi
 run_summary "$out/fce"
 run_summary "$out/nofce"
-runs=("$out/fce" "$out/nofce")
-if [ -n "${PROTONET:-}" ]; then
-  runs+=("$PROTONET/shot1" "$PROTONET/shot5")
-fi
 for ways in 5 20; do
   for shots in 1 5; do
-    kshot eval "$out/fce" --ways "$ways" --shots "$shots" --queries 15 --episodes 1000 --seed "$seed" --threads "$threads" --json
-    kshot eval "$out/nofce" --ways "$ways" --shots "$shots" --queries 15 --episodes 1000 --seed "$seed" --threads "$threads" --json
+    runs=("$out/fce" "$out/nofce")
+    # ProtoNet's model of the same shot (Snell et al.: train shot = test shot), when given
+    if [ -n "${PROTONET:-}" ]; then runs+=("$PROTONET/shot$shots"); fi
+    # one `kshot eval --json` line per run, one line per pair; the table on stderr
     kshot compare "${runs[@]}" --ways "$ways" --shots "$shots" --queries 15 --episodes 1000 --seed "$seed" --threads "$threads" --json
   done
 done
