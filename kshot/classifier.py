@@ -79,8 +79,11 @@ class FewShotClassifier:
             self.overlap_ = check_overlap(self.run_dir, scored, "the support labels",
                                           self.allow_overlap)
         self.classes_, encoded = np.unique(labels, return_inverse=True)
-        self._support_x = support_x
-        self._support_y = torch.as_tensor(encoded, dtype=torch.long, device=self.device)
+        support_y = torch.as_tensor(encoded, dtype=torch.long, device=self.device)
+        if self.learner.order_sensitive:  # read as a sequence: in a fixed random order, as trained
+            order = torch.randperm(len(support_y), generator=torch.Generator().manual_seed(0))
+            support_x, support_y = support_x[order.to(self.device)], support_y[order.to(self.device)]
+        self._support_x, self._support_y = support_x, support_y
         return self
 
     @torch.inference_mode()

@@ -161,3 +161,22 @@ def test_from_run(tmp_path: Path) -> None:
     classifier.fit(np.stack([TOP_LEFT, BOTTOM_RIGHT]), ["top", "down"])
     assert classifier.predict(np.stack([BOTTOM_RIGHT_DOT])).tolist() == ["down"]
     assert classifier.overlap_ == 0
+
+
+def test_order_sensitive_learner_reads_the_support_set_in_a_fixed_shuffled_order() -> None:
+    """Matching Networks with FCE read the support set as a sequence: the classifier gives it a
+    seeded random order (as in training, never class-sorted), fitting twice predicts the same, and
+    labels stay attached to their images."""
+    torch.manual_seed(0)
+    learner = build_learner("matching", {"backbone": "pixels", "fce": True}, (1, 4, 4))
+    images = np.stack([TOP_LEFT, BOTTOM_RIGHT, BOTTOM_LEFT, TOP_LEFT_DOT, BOTTOM_RIGHT_DOT])[:, None]
+    labels = ["a", "b", "c", "a", "b"]
+    classifier = FewShotClassifier(learner).fit(images, labels)
+    support_y = classifier._support_y.tolist()
+    assert support_y != sorted(support_y) or len(set(support_y)) == 1
+    for x, y in zip(classifier._support_x, support_y, strict=True):  # each image keeps its label
+        index = next(i for i in range(5) if torch.equal(x, torch.as_tensor(images[i]).float() / 255))
+        assert classifier.classes_[y] == labels[index]
+    first = classifier.predict_proba(images)
+    again = FewShotClassifier(learner).fit(images, labels).predict_proba(images)
+    np.testing.assert_allclose(first, again)
