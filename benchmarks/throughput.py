@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--train-episodes", type=int, default=300)
     parser.add_argument("--eval-episodes", type=int, default=1000)
     parser.add_argument("--meta-batch", type=int, default=1)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="training arithmetic (TrainConfig.precision)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="compiled / fused backbones (kshot's default) or eager PyTorch")
     args = parser.parse_args()
@@ -46,10 +48,12 @@ def main() -> None:
     options = {"loss": args.loss} if args.method == "siamese" else {}
     learner = build_learner(args.method, options, train_data.item_shape)
     config = TrainConfig(episodes=args.train_episodes, ways=5, shots=1, queries=15,
-                         meta_batch=args.meta_batch, val_episodes=0, log_every=10**9)
+                         meta_batch=args.meta_batch, val_episodes=0, log_every=10**9,
+                         precision=args.precision)
     with tempfile.TemporaryDirectory() as run_dir:
         warmup = Trainer(learner, TrainConfig(episodes=20, ways=5, shots=1, queries=15,
-                                              val_episodes=0), run_dir + "/w", train_data,
+                                              val_episodes=0, precision=args.precision),
+                         run_dir + "/w", train_data,
                          progress=False)
         warmup.fit()
         trainer = Trainer(learner, config, run_dir + "/t", train_data, progress=False)
@@ -61,7 +65,7 @@ def main() -> None:
     report = evaluate(learner, sampler, args.eval_episodes)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({
-        "library": "kshot", "method": args.method, **options, "compile": args.compile, "torch": torch.__version__,
+        "library": "kshot", "method": args.method, **options, "compile": args.compile, "precision": args.precision, "torch": torch.__version__,
         "train_episodes_per_s": round(args.train_episodes / train_seconds, 2),
         "eval_episodes_per_s": round(report.episodes_per_second, 2),
         "peak_rss_mb": round(peak_rss_mb, 1),

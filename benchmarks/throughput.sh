@@ -5,7 +5,8 @@
 # embeddings, beside easyfsl's MatchingNetworks, which has them built in); --method siamese runs
 # kshot alone (no peer library has a Siamese network to set beside it).
 # Runs, in this order: kshot (compiled / fused backbones, the default), kshot eager (--no-compile),
-# easyfsl, and easyfsl with the glibc allocator settings kshot applies to itself
+# kshot training in mixed precision (--precision bf16; evaluation stays fp32), easyfsl, and
+# easyfsl with the glibc allocator settings kshot applies to itself
 # (MALLOC_*_THRESHOLD_), so no gain comes from those alone. Every line has peak_rss_mb.
 # Needs the peers' venv: bash ../shared/peers/setup_venv.sh (PEER_PYTHON overrides its python).
 # usage: bash benchmarks/throughput.sh [--method protonet|matching|siamese]
@@ -35,14 +36,17 @@ fast=$(python "$here/throughput.py" "${kshot_args[@]}")
 echo "$fast"
 eager=$(python "$here/throughput.py" "${kshot_args[@]}" --no-compile)
 echo "$eager"
+bf16=$(python "$here/throughput.py" "${kshot_args[@]}" --precision bf16)
+echo "$bf16"
 if [ "$method" = siamese ]; then
-  python - "$fast" "$eager" <<'PY'
+  python - "$fast" "$eager" "$bf16" <<'PY'
 import json, sys
-fast, eager = (json.loads(a) for a in sys.argv[1:])
+fast, eager, bf16 = (json.loads(a) for a in sys.argv[1:])
 print(json.dumps({"method": "siamese", "kshot_train": fast["train_episodes_per_s"],
                   "kshot_eval": fast["eval_episodes_per_s"], "kshot_peak_rss_mb": fast["peak_rss_mb"],
                   "kshot_eager_train": eager["train_episodes_per_s"],
                   "kshot_eager_eval": eager["eval_episodes_per_s"],
+                  "kshot_bf16_train": bf16["train_episodes_per_s"],
                   "ratio_train": None, "ratio_eval": None,
                   "ratio_note": "no peer library implements a Siamese network"}))
 PY
@@ -55,10 +59,10 @@ echo "$peer"
 peer_malloc=$(MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824 \
   python "$here/peak_rss.py" "$peer_python" "$peer_script" --episodes "$train" --eval-episodes "$evals" --threads "$threads" | tail -n 1)
 echo "$peer_malloc" | python -c "import json,sys; r=json.loads(sys.stdin.read()); r['malloc_thresholds']=True; print(json.dumps(r))"
-python - "$method" "$fast" "$eager" "$peer" "$peer_malloc" <<'PY'
+python - "$method" "$fast" "$eager" "$bf16" "$peer" "$peer_malloc" <<'PY'
 import json, sys
 method = sys.argv[1]
-fast, eager, peer, malloc = (json.loads(a) for a in sys.argv[2:])
+fast, eager, bf16, peer, malloc = (json.loads(a) for a in sys.argv[2:])
 def eval_rate(r):
     return r["eval_episodes"] / r["eval_seconds"]
 best_peer_train = max(peer["episodes_per_s"], malloc["episodes_per_s"])
@@ -70,8 +74,10 @@ print(json.dumps({
     "easyfsl_train": peer["episodes_per_s"], "easyfsl_eval": round(eval_rate(peer), 2),
     "easyfsl_malloc_train": malloc["episodes_per_s"], "easyfsl_malloc_eval": round(eval_rate(malloc), 2),
     "kshot_peak_rss_mb": fast["peak_rss_mb"], "easyfsl_peak_rss_mb": peer["peak_rss_mb"],
+    "kshot_bf16_train": bf16["train_episodes_per_s"],
     "ratio_train": round(fast["train_episodes_per_s"] / best_peer_train, 2),
+    "ratio_train_bf16": round(bf16["train_episodes_per_s"] / best_peer_train, 2),
     "ratio_eval": round(fast["eval_episodes_per_s"] / best_peer_eval, 2),
-    "ratio_note": "kshot (default) over the faster of easyfsl and easyfsl with kshot's allocator settings",
+    "ratio_note": "kshot (default: fp32; ratio_train_bf16: --precision bf16) over the faster of easyfsl and easyfsl with kshot's allocator settings",
 }))
 PY

@@ -81,6 +81,10 @@ class TrainConfig:
     """Episodes between lines of the metrics file."""
     seed: int = 0
     """Seed of the training episodes and of the weight initialisation."""
+    precision: str = "fp32"
+    """fp32, or bf16: mixed precision (convolutions and matrix products in bfloat16 under
+    torch.autocast, weights, optimiser and losses in float32); about 1.7× faster Conv4 training
+    on CPUs with AMX or AVX-512 BF16, slower on CPUs without them."""
     augment: str = "none"
     """Batch augmentation of training episodes: none, or affine (Koch et al.'s random rotation,
     shear, scale and translation, drawn per image, applied to the whole batch at once)."""
@@ -109,10 +113,12 @@ class TrainConfig:
                      aug_probability=PROBABILITY)
         check_choice(self, "schedule", SCHEDULES)
         check_choice(self, "augment", AUGMENTATIONS)
+        check_choice(self, "precision", PRECISIONS)
 
 
 SCHEDULES = ("step", "cosine", "constant")
 AUGMENTATIONS = ("none", "affine")
+PRECISIONS = ("fp32", "bf16")
 AUGMENT_SEED_OFFSET = 7_000_003  # the augmentation of step i is a pure function of (seed, i)
 
 
@@ -294,7 +300,9 @@ class Trainer:
         return metrics
 
     def _backward(self, batch) -> dict[str, float]:
-        loss, metrics = self.learner.loss(batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.config.precision == "bf16"):
+            loss, metrics = self.learner.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         return metrics

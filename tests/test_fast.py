@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 
 from kshot.data.dataset import ClassDataset
 from kshot.data.episodes import EpisodeSampler
+from kshot.errors import KShotError
 from kshot.evaluate import evaluate
 from kshot.methods import build_learner
 from kshot.nn.backbones import Conv4, LeNet
@@ -133,3 +135,29 @@ def test_trainer_falls_back_to_eager_when_the_compiled_step_fails(tmp_path, monk
         summary = trainer.fit()
     assert summary["finished"] and summary["step"] == 3
     assert learner.backbone._compiled_call_impl is None
+
+
+def test_bf16_mixed_precision_training_follows_fp32(tmp_path) -> None:
+    """TrainConfig(precision="bf16") runs the learner's loss under bfloat16 autocast: the weights and
+    the optimiser stay float32, the losses follow the float32 run from the same start closely, and
+    the model learns as much."""
+    dataset = _dataset()
+    results = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        learner = build_learner("protonet", {"hidden": 16}, (1, 28, 28))
+        config = TrainConfig(episodes=40, ways=5, shots=1, queries=3, val_episodes=0,
+                             log_every=10, precision=precision)
+        Trainer(learner, config, tmp_path / precision, dataset, progress=False,
+                compile=False).fit()
+        assert all(p.dtype == torch.float32 for p in learner.parameters())
+        losses = [json.loads(line)["loss"] for line in
+                  (tmp_path / precision / "metrics.jsonl").read_text().splitlines()]
+        report = evaluate(learner, EpisodeSampler(dataset, 5, 1, 3, seed=5), 50, fast=False)
+        results[precision] = (losses, report.accuracy)
+    (fp32_losses, fp32_accuracy), (bf16_losses, bf16_accuracy) = results["fp32"], results["bf16"]
+    assert bf16_losses[-1] < bf16_losses[0]  # it learns
+    assert abs(bf16_losses[0] - fp32_losses[0]) < 0.05 * fp32_losses[0] + 0.02
+    assert bf16_accuracy >= fp32_accuracy - 0.05
+    with pytest.raises(KShotError, match="--precision must be one of fp32, bf16"):
+        TrainConfig(precision="fp16")
