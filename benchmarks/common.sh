@@ -1,4 +1,14 @@
-# Shared by the benchmark scripts: train a run unless it is finished (resume it if it was killed).
+# Shared by the benchmark scripts. The environment they all read, with its defaults:
+# THREADS (cores to use, 2), JOBS (runs trained side by side, 2), EVAL_SEED (seed of the test
+# episodes, 123: another seed re-scores finished runs without retraining), BUDGET (seconds of
+# training per run, 3600); per_job is the threads of each of the JOBS side-by-side runs.
+threads=${THREADS:-2}
+jobs=${JOBS:-2}
+seed=${EVAL_SEED:-123}
+budget=${BUDGET:-3600}
+per_job=$(( threads / jobs > 0 ? threads / jobs : 1 ))
+
+# Train a run unless it is finished (resume it if it was killed).
 # usage: train_run OUT_DIR kshot-train-arguments...
 train_run() {
   local dir=$1; shift

@@ -13,12 +13,7 @@
 # usage: [PROTONET=DIR] bash benchmarks/matching_omniglot_vinyals.sh OUT
 set -euo pipefail
 out=${1:?usage: bash benchmarks/matching_omniglot_vinyals.sh OUT}
-threads=${THREADS:-2}
-jobs=${JOBS:-2}
-seed=${EVAL_SEED:-123}
-budget=${BUDGET:-3600}
 source "$(dirname "$0")/common.sh"
-per_job=$(( threads / jobs > 0 ? threads / jobs : 1 ))
 common=(--dataset omniglot --split vinyals --image-size 28 --ways 20 --shots 1 --queries 5 --seed 0
         --threads "$per_job" --lr 0.001 --schedule step --decay-every 4000 --lr-decay 0.5
         --val-ways 20 --val-shots 1 --val-queries 5 --val-episodes 200 --val-every 1000

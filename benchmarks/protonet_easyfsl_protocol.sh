@@ -11,8 +11,6 @@
 set -euo pipefail
 out=${1:?usage: bash benchmarks/protonet_easyfsl_protocol.sh OUT}
 here=$(cd "$(dirname "$0")" && pwd)
-threads=${THREADS:-2}
-seed=${EVAL_SEED:-123}
 source "$here/common.sh"
 train_run "$out" protonet --dataset omniglot --split lake --image-size 28 --ways 5 --shots 1 \
   --queries 15 --episodes 5000 --seed 0 --threads "$threads" --lr 0.001 --distance euclidean \

@@ -8,9 +8,6 @@
 # usage: bash benchmarks/protonet_omniglot_lake.sh OUT   (THREADS=2; BUDGET=3600 s of training)
 set -euo pipefail
 out=${1:?usage: bash benchmarks/protonet_omniglot_lake.sh OUT}
-threads=${THREADS:-2}
-seed=${EVAL_SEED:-123}
-budget=${BUDGET:-3600}
 source "$(dirname "$0")/common.sh"
 train_run "$out/protonet" protonet --dataset omniglot --split lake --rotations --image-size 28 \
   --ways 60 --shots 1 --queries 5 --seed 0 --threads "$threads" --lr 0.001 --schedule step \

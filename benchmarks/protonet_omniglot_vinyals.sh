@@ -9,11 +9,7 @@
 # usage: bash benchmarks/protonet_omniglot_vinyals.sh OUT
 set -euo pipefail
 out=${1:?usage: bash benchmarks/protonet_omniglot_vinyals.sh OUT}
-threads=${THREADS:-2}
-jobs=${JOBS:-2}
-seed=${EVAL_SEED:-123}
 source "$(dirname "$0")/common.sh"
-per_job=$(( threads / jobs > 0 ? threads / jobs : 1 ))
 common=(--dataset omniglot --split vinyals --image-size 28 --ways 60 --queries 5 --seed 0
         --threads "$per_job" --lr 0.001 --schedule step --decay-every 2000 --lr-decay 0.5
         --val-ways 20 --val-queries 5 --val-episodes 200 --val-every 1000 --time-budget 3600)

@@ -13,12 +13,7 @@
 # usage: [PROTONET=RUN] bash benchmarks/siamese_koch_lake.sh OUT
 set -euo pipefail
 out=${1:?usage: bash benchmarks/siamese_koch_lake.sh OUT}
-threads=${THREADS:-2}
-jobs=${JOBS:-2}
-seed=${EVAL_SEED:-123}
-budget=${BUDGET:-3600}
 source "$(dirname "$0")/common.sh"
-per_job=$(( threads / jobs > 0 ? threads / jobs : 1 ))
 common="--dataset omniglot --split lake --rotations --image-size 28 --seed 0 --threads $per_job
         --lr 0.001 --schedule step --decay-every 4000 --lr-decay 0.5 --val-episodes 0
         --episodes 40000 --time-budget $budget"

@@ -82,7 +82,8 @@ class FewShotClassifier:
         support_y = torch.as_tensor(encoded, dtype=torch.long, device=self.device)
         if self.learner.order_sensitive:  # read as a sequence: in a fixed random order, as trained
             order = torch.randperm(len(support_y), generator=torch.Generator().manual_seed(0))
-            support_x, support_y = support_x[order.to(self.device)], support_y[order.to(self.device)]
+            order = order.to(self.device)
+            support_x, support_y = support_x[order], support_y[order]
         self._support_x, self._support_y = support_x, support_y
         return self
 

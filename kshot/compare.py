@@ -11,8 +11,8 @@ error rates (n = 20).
 :func:`compare_runs` loads the runs, checks that they can be compared (same item shape; same data
 set and split unless the test set is named), chooses the test set as ``kshot eval`` does from the
 first run, applies the overlap guard to every run, and scores them all; :func:`format_table`
-prints the result. :func:`eval_record` / :func:`lake_record` build the ``kshot eval --json``
-record of one scored run.
+prints the result; each run's record is the ``kshot eval --json`` one
+(:func:`kshot.evaluate.eval_record`, :func:`kshot.evaluate.lake_record`).
 """
 
 from __future__ import annotations
@@ -116,52 +116,6 @@ def _as_float64(values) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().double().numpy()
     return np.asarray(values, dtype=np.float64)
-
-
-# ---------------------------------------------------------------------------- eval records
-def checkpoint_fields(run_dir: str | Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The ``run`` / ``checkpoint`` / ``checkpoint_episodes`` keys of an eval record."""
-    return {"run": str(run_dir), "checkpoint": checkpoint["checkpoint"],
-            "checkpoint_episodes": checkpoint.get("episodes")}
-
-
-def eval_record(run_dir: str | Path, run_config: dict[str, Any], checkpoint: dict[str, Any],
-                report, test_data, dataset: str, split: str | None,
-                overlap: int) -> dict[str, Any]:
-    """The ``kshot eval --json`` record of a run scored on episodes (``report``: an
-    :class:`kshot.evaluate.Report`; accuracies and intervals in percent)."""
-    return {"method": run_config["method"], "dataset": dataset, "split": split,
-            "test_set": test_data.name, "test_classes": test_data.n_classes,
-            "test_rotations": bool(test_data.meta.get("rotations", False)),
-            "ways": report.n_way, "shots": report.k_shot, "queries": report.n_query,
-            "episodes": report.episodes, "seed": report.seed,
-            "accuracy": round(report.accuracy * 100, 3), "ci95": round(report.ci95 * 100, 3),
-            "overlap": overlap, **checkpoint_fields(run_dir, checkpoint),
-            "seconds": round(report.seconds, 3),
-            "episodes_per_s": round(report.episodes_per_second, 2)}
-
-
-def lake_record(run_dir: str | Path, run_config: dict[str, Any], checkpoint: dict[str, Any],
-                result: dict[str, Any], overlap: int) -> dict[str, Any]:
-    """The ``kshot eval --lake-runs --json`` record (``result``: of
-    :func:`kshot.evaluate.evaluate_lake_runs`)."""
-    return {"method": run_config["method"], "dataset": "omniglot", "split": "lake-runs",
-            "ways": 20, "shots": 1, "episodes": 20, "error": round(result["error"], 3),
-            "per_run": [round(e, 2) for e in result["per_run"]], "overlap": overlap,
-            **checkpoint_fields(run_dir, checkpoint), "seconds": round(result["seconds"], 3)}
-
-
-def resolve_test_set(data: dict[str, Any], dataset: str | None = None,
-                     split: str | None = None) -> tuple[str, str | None]:
-    """The data set and split a run is scored on, as ``kshot eval`` chooses them: ``dataset`` /
-    ``split`` when given, else the run's own (its split only when the data set is its own), else
-    the data set's default split."""
-    from kshot.datasets import DEFAULT_SPLITS
-
-    dataset = dataset or data["dataset"]
-    split = split or (data["split"] if dataset == data["dataset"] else None) or \
-        DEFAULT_SPLITS.get(dataset)
-    return dataset, split
 
 
 # ---------------------------------------------------------------------------- comparing runs
@@ -303,7 +257,14 @@ def compare_runs(
     from kshot.data.episodes import EpisodeSampler
     from kshot.data.omniglot import load_lake_runs
     from kshot.datasets import load_dataset
-    from kshot.evaluate import confidence95, evaluate, evaluate_lake_runs
+    from kshot.evaluate import (
+        confidence95,
+        eval_record,
+        evaluate,
+        evaluate_lake_runs,
+        lake_record,
+        resolve_test_set,
+    )
     from kshot.protocol import check_overlap, class_ids, lake_run_class_ids
 
     configs = _read_configs(run_dirs)
@@ -333,6 +294,7 @@ def compare_runs(
             result = evaluate_lake_runs(learner, runs, device=device)
             record = lake_record(run_dir, run_config, checkpoint, result, overlap)
             values = torch.tensor(result["per_run"], dtype=torch.float64)
+            mean, ci95 = float(values.mean()), confidence95(values)
             rate = len(values) / result["seconds"] if result["seconds"] > 0 else float("inf")
         else:
             report = evaluate(learner, sampler, episodes, batch_size=batch_size, device=device,
@@ -343,8 +305,6 @@ def compare_runs(
             mean, ci95 = report.accuracy * 100, report.ci95 * 100
             rate = report.episodes_per_second
         learner.to("cpu")
-        if lake_runs:
-            mean, ci95 = float(values.mean()), confidence95(values)
         scores.append(RunScore(label, str(run_dir), run_config["method"], record, values, mean,
                                ci95, rate, checkpoint.get("note")))
     pairs = [PairComparison(i, j, paired_difference(scores[i].values, scores[j].values))

@@ -74,6 +74,15 @@ def check_ranges(config: Any, **ranges: Range) -> None:
                 raise KShotError(f"{option_name(name)} must be {allowed.describe()}, got {item!r}")
 
 
+def check_count(name: str, value: Any, option: str, low: int = 1) -> None:
+    """Raise one :class:`KShotError` unless ``value`` is an integer ``>= low`` (``bool`` is not):
+    ``"{name} must be an integer >= {low}, got {value!r}; pass {option} {low} or more"``. For
+    counts given as plain arguments rather than config fields (episodes, ways, threads)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise KShotError(f"{name} must be an integer >= {low}, got {value!r}; pass {option} {low} "
+                         "or more")
+
+
 def check_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
     """Raise a :class:`KShotError` unless field ``name`` is one of ``choices``."""
     value = getattr(config, name)

@@ -33,7 +33,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 
-from kshot.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_ranges
+from kshot.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 from kshot.errors import KShotError
 from kshot.plots import save_figure_atomically
 
@@ -321,7 +321,7 @@ class SiameseMnistConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, train_images=Range(20), plot_images=AT_LEAST_ONE, epochs=AT_LEAST_ONE,
-                     batch_size=AT_LEAST_ONE, lr=POSITIVE, momentum=Range(0, 1, high_open=True),
+                     batch_size=AT_LEAST_ONE, lr=POSITIVE, momentum=FRACTION,
                      margin=POSITIVE, seed=NON_NEGATIVE)
 
 

@@ -1,15 +1,18 @@
-"""One evaluator for every learner: fixed episodes, mean accuracy with a 95% CI, Lake's 20 runs."""
+"""One evaluator for every learner: fixed episodes, mean accuracy with a 95% CI, Lake's 20 runs;
+and the JSON record of a scored run that ``kshot eval`` and ``kshot compare`` print."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from kshot.config import check_count
 from kshot.data.episodes import EpisodeSampler
 from kshot.data.omniglot import LakeRuns
-from kshot.errors import KShotError
 from kshot.methods.base import episode_accuracies
 
 
@@ -60,12 +63,8 @@ def evaluate(
 
     from kshot.nn.fast import fast_inference
 
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise KShotError(f"episodes must be an integer >= 1, got {episodes!r}; pass --episodes 1 "
-                         "or more")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise KShotError(f"batch_size must be an integer >= 1, got {batch_size!r}; pass "
-                         "--batch-size 1 or more")
+    check_count("episodes", episodes, "--episodes")
+    check_count("batch_size", batch_size, "--batch-size")
     if getattr(learner, "order_sensitive", False):
         sampler = sampler.with_shuffle()  # the same episodes, items in a seeded random order
     was_training = learner.training
@@ -117,3 +116,48 @@ def evaluate_lake_runs(
     learner.train(was_training)
     return {"error": sum(per_run) / len(per_run), "per_run": per_run,
             "seconds": time.perf_counter() - start_time}
+
+
+# ---------------------------------------------------------------- the records `kshot eval` prints
+def checkpoint_fields(run_dir: str | Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The ``run`` / ``checkpoint`` / ``checkpoint_episodes`` keys of an eval record."""
+    return {"run": str(run_dir), "checkpoint": checkpoint["checkpoint"],
+            "checkpoint_episodes": checkpoint.get("episodes")}
+
+
+def eval_record(run_dir: str | Path, run_config: dict[str, Any], checkpoint: dict[str, Any],
+                report, test_data, dataset: str, split: str | None,
+                overlap: int) -> dict[str, Any]:
+    """The ``kshot eval --json`` record of a run scored on episodes (``report``: a
+    :class:`Report`; accuracies and intervals in percent). ``kshot compare`` prints the same."""
+    return {"method": run_config["method"], "dataset": dataset, "split": split,
+            "test_set": test_data.name, "test_classes": test_data.n_classes,
+            "test_rotations": bool(test_data.meta.get("rotations", False)),
+            "ways": report.n_way, "shots": report.k_shot, "queries": report.n_query,
+            "episodes": report.episodes, "seed": report.seed,
+            "accuracy": round(report.accuracy * 100, 3), "ci95": round(report.ci95 * 100, 3),
+            "overlap": overlap, **checkpoint_fields(run_dir, checkpoint),
+            "seconds": round(report.seconds, 3),
+            "episodes_per_s": round(report.episodes_per_second, 2)}
+
+
+def lake_record(run_dir: str | Path, run_config: dict[str, Any], checkpoint: dict[str, Any],
+                result: dict[str, Any], overlap: int) -> dict[str, Any]:
+    """The ``kshot eval --lake-runs --json`` record (``result``: of :func:`evaluate_lake_runs`)."""
+    return {"method": run_config["method"], "dataset": "omniglot", "split": "lake-runs",
+            "ways": 20, "shots": 1, "episodes": 20, "error": round(result["error"], 3),
+            "per_run": [round(e, 2) for e in result["per_run"]], "overlap": overlap,
+            **checkpoint_fields(run_dir, checkpoint), "seconds": round(result["seconds"], 3)}
+
+
+def resolve_test_set(data: dict[str, Any], dataset: str | None = None,
+                     split: str | None = None) -> tuple[str, str | None]:
+    """The data set and split a run is scored on, as ``kshot eval`` chooses them: ``dataset`` /
+    ``split`` when given, else the run's own (its split only when the data set is its own), else
+    the data set's default split."""
+    from kshot.datasets import DEFAULT_SPLITS
+
+    dataset = dataset or data["dataset"]
+    split = split or (data["split"] if dataset == data["dataset"] else None) or \
+        DEFAULT_SPLITS.get(dataset)
+    return dataset, split

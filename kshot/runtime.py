@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kshot.errors import KShotError
+from kshot.config import check_count
 
 
 @dataclass
@@ -51,9 +51,8 @@ def tune_allocator() -> bool:
 def configure_cpu(threads: int | None = None, compile: bool | None = None) -> None:
     """Set the thread count (default: every core), tune the allocator, and (when given) switch
     compiled backbones on or off."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 1):
-        raise KShotError(f"--threads must be an integer >= 1, got {threads!r}")
+    if threads is not None:
+        check_count("--threads", threads, "--threads")
     torch.set_num_threads(max(1, threads or os.cpu_count() or 1))
     tune_allocator()
     if compile is not None:

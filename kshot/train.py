@@ -24,6 +24,7 @@ import torch
 from kshot.checkpoint import learner_state, load_checkpoint, load_learner_state, save_checkpoint
 from kshot.config import (
     AT_LEAST_ONE,
+    FRACTION,
     NON_NEGATIVE,
     POSITIVE,
     PROBABILITY,
@@ -109,7 +110,7 @@ class TrainConfig:
                      val_queries=AT_LEAST_ONE, time_budget=NON_NEGATIVE,
                      checkpoint_every_s=POSITIVE, log_every=AT_LEAST_ONE, seed=NON_NEGATIVE,
                      aug_rotation=Range(0, 180), aug_shear=NON_NEGATIVE,
-                     aug_scale=Range(0, 1, high_open=True), aug_translate=NON_NEGATIVE,
+                     aug_scale=FRACTION, aug_translate=NON_NEGATIVE,
                      aug_probability=PROBABILITY)
         check_choice(self, "schedule", SCHEDULES)
         check_choice(self, "augment", AUGMENTATIONS)
@@ -134,14 +135,14 @@ def augment_episode(batch: Episode, config: TrainConfig, step: int) -> Episode:
     from kshot.nn.augment import random_affine
 
     generator = torch.Generator().manual_seed(episode_seed(config.seed + AUGMENT_SEED_OFFSET, step))
-    images = torch.cat([batch.support_x.flatten(0, -4), batch.query_x.flatten(0, -4)])
+    support = batch.support_x.flatten(0, -4)  # [items, C, H, W] of every episode of the batch
+    images = torch.cat([support, batch.query_x.flatten(0, -4)])
     distorted = random_affine(images, generator, rotation=config.aug_rotation,
                               shear=config.aug_shear,
                               scale=(1 - config.aug_scale, 1 + config.aug_scale),
                               translate=config.aug_translate, probability=config.aug_probability)
-    n_support = batch.support_x[..., 0, 0, 0].numel()
-    return replace(batch, support_x=distorted[:n_support].view_as(batch.support_x),
-                   query_x=distorted[n_support:].view_as(batch.query_x))
+    return replace(batch, support_x=distorted[: len(support)].view_as(batch.support_x),
+                   query_x=distorted[len(support) :].view_as(batch.query_x))
 
 
 def _adam(parameters: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:

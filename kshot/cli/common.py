@@ -81,6 +81,23 @@ def print_json(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
+def add_episode_options(sub: argparse.ArgumentParser) -> None:
+    """The test episodes and test set a run is scored on: shared by ``kshot eval`` and
+    ``kshot compare`` (--ways/--shots/--queries/--episodes/--seed/--batch-size, and --split,
+    --folder, --test-rotations of the test set)."""
+    sub.add_argument("--ways", type=int, default=5)
+    sub.add_argument("--shots", type=int, default=1)
+    sub.add_argument("--queries", type=int, default=15)
+    sub.add_argument("--episodes", type=int, default=1000)
+    sub.add_argument("--seed", type=int, default=123)
+    sub.add_argument("--batch-size", type=int, default=16, help="episodes per forward pass")
+    sub.add_argument("--split", help="split of --dataset")
+    sub.add_argument("--folder", help="root of --dataset folder")
+    sub.add_argument("--test-rotations", action=argparse.BooleanOptionalAction, default=None,
+                     help="Omniglot test characters rotated by 90/180/270 as extra classes "
+                     "(default: the split's convention: on for vinyals, off for lake)")
+
+
 def add_runtime_options(sub: argparse.ArgumentParser) -> None:
     """--data-dir, --threads, --device, --compile: shared by the commands that run a model."""
     sub.add_argument("--data-dir", help="folder of the official archives (default: "

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kshot.cli.common import add_runtime_options, print_json, resolve_device, set_threads
+from kshot.cli.common import (
+    add_episode_options,
+    add_runtime_options,
+    print_json,
+    resolve_device,
+    set_threads,
+)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -41,21 +47,11 @@ def add_parser(commands) -> None:
     cmp = commands.add_parser("compare", help="score runs on the same episodes; paired "
                               "differences with 95%% CIs and p-values")
     cmp.add_argument("run_dirs", nargs="+", metavar="run_dir", help="two or more run directories")
-    cmp.add_argument("--ways", type=int, default=5)
-    cmp.add_argument("--shots", type=int, default=1)
-    cmp.add_argument("--queries", type=int, default=15)
-    cmp.add_argument("--episodes", type=int, default=1000)
-    cmp.add_argument("--seed", type=int, default=123)
-    cmp.add_argument("--batch-size", type=int, default=16, help="episodes per forward pass")
+    add_episode_options(cmp)
     cmp.add_argument("--lake-runs", action="store_true", help="Lake's 20 one-shot runs instead "
                      "(the runs' errors are the paired units)")
     cmp.add_argument("--dataset", choices=DATASETS, help="score on another data set (transfer); "
                      "the runs may then come from different data sets")
-    cmp.add_argument("--split", help="split of --dataset")
-    cmp.add_argument("--folder", help="root of --dataset folder")
-    cmp.add_argument("--test-rotations", action=argparse.BooleanOptionalAction, default=None,
-                     help="Omniglot test characters rotated by 90/180/270 as extra classes "
-                     "(default: the split's convention: on for vinyals, off for lake)")
     cmp.add_argument("--allow-overlap", action="store_true", help="score classes a run trained "
                      "or validated on anyway (refused by default; the JSON lines count them)")
     cmp.add_argument("--json", action="store_true", help="one JSON line per run (as `kshot eval "

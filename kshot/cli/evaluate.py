@@ -5,16 +5,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kshot.cli.common import add_runtime_options, print_json, resolve_device, set_threads
+from kshot.cli.common import (
+    add_episode_options,
+    add_runtime_options,
+    print_json,
+    resolve_device,
+    set_threads,
+)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from kshot.checkpoint import load_run
-    from kshot.compare import eval_record, lake_record, resolve_test_set
     from kshot.data.episodes import EpisodeSampler
     from kshot.data.omniglot import load_lake_runs
     from kshot.datasets import load_dataset
-    from kshot.evaluate import evaluate, evaluate_lake_runs
+    from kshot.evaluate import (
+        eval_record,
+        evaluate,
+        evaluate_lake_runs,
+        lake_record,
+        resolve_test_set,
+    )
     from kshot.protocol import check_overlap, class_ids, lake_run_class_ids
 
     set_threads(args.threads, args.compile)
@@ -63,19 +74,9 @@ def add_parser(commands) -> None:
 
     ev = commands.add_parser("eval", help="score a run on test episodes of classes it never saw")
     ev.add_argument("run_dir")
-    ev.add_argument("--ways", type=int, default=5)
-    ev.add_argument("--shots", type=int, default=1)
-    ev.add_argument("--queries", type=int, default=15)
-    ev.add_argument("--episodes", type=int, default=1000)
-    ev.add_argument("--seed", type=int, default=123)
-    ev.add_argument("--batch-size", type=int, default=16, help="episodes per forward pass")
+    add_episode_options(ev)
     ev.add_argument("--lake-runs", action="store_true", help="Lake's 20 one-shot runs instead")
     ev.add_argument("--dataset", choices=DATASETS, help="score on another data set (transfer)")
-    ev.add_argument("--split", help="split of --dataset")
-    ev.add_argument("--folder", help="root of --dataset folder")
-    ev.add_argument("--test-rotations", action=argparse.BooleanOptionalAction, default=None,
-                    help="Omniglot test characters rotated by 90/180/270 as extra classes "
-                    "(default: the split's convention: on for vinyals, off for lake)")
     ev.add_argument("--allow-overlap", action="store_true", help="score classes the run trained "
                     "or validated on anyway (refused by default; the JSON line counts them)")
     ev.add_argument("--json", action="store_true", help="print one JSON line")

@@ -64,7 +64,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     learner = build_learner(args.method, method_config, train_data.item_shape)
     trainer = Trainer(learner, train_config, out, train_data, val_data, device=device,
                       progress=not args.quiet)
-    trainer.learning_rate(0)  # validates the schedule name
     if not existing:
         inherited = inherited_classes(method_config)
         if inherited:  # reused weights: refuse now if this run's own test set is what they saw

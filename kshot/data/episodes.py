@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from kshot.config import check_count
 from kshot.data.dataset import ClassDataset
 from kshot.errors import KShotError
 
@@ -107,9 +108,7 @@ class EpisodeSampler:
         for name, option, value, low in (("n_way", "--ways", n_way, 1),
                                          ("k_shot", "--shots", k_shot, 1),
                                          ("n_query", "--queries", n_query, 0)):
-            if not isinstance(value, (int, np.integer)) or value < low:
-                raise KShotError(f"{name} must be an integer >= {low}, got {value!r}; "
-                                 f"pass {option} {low} or more")
+            check_count(name, value, option, low)
         per_class = k_shot + n_query
         eligible = torch.nonzero(dataset.sizes >= per_class).flatten()
         if len(eligible) < n_way:

@@ -39,29 +39,12 @@ class AffineConfig:
     """Chance that each of the seven components is applied (Koch et al.: 0.5)."""
 
     def __post_init__(self) -> None:
-        check_affine(self.rotation, self.shear, self.scale, self.translate, self.probability)
-
-
-def check_affine(rotation: float, shear: float, scale: tuple[float, float], translate: float,
-                 probability: float) -> None:
-    """Raise :class:`KShotError` naming the option for a distortion range that is out of bounds."""
-    values = AffineValues(rotation, shear, tuple(scale), translate, probability)
-    check_ranges(values, rotation=Range(0, 180), shear=NON_NEGATIVE, scale=POSITIVE,
-                 translate=NON_NEGATIVE, probability=PROBABILITY)
-    if len(values.scale) != 2 or values.scale[0] > values.scale[1]:
-        raise KShotError(f"--scale must be two numbers LOW HIGH with LOW <= HIGH, got "
-                         f"{tuple(scale)!r}")
-
-
-@dataclass(frozen=True)
-class AffineValues:
-    """The parameters of one :func:`random_affine` call (what :func:`check_affine` checks)."""
-
-    rotation: float
-    shear: float
-    scale: tuple[float, ...]
-    translate: float
-    probability: float
+        self.scale = tuple(self.scale)
+        check_ranges(self, rotation=Range(0, 180), shear=NON_NEGATIVE, scale=POSITIVE,
+                     translate=NON_NEGATIVE, probability=PROBABILITY)
+        if len(self.scale) != 2 or self.scale[0] > self.scale[1]:
+            raise KShotError(f"--scale must be two numbers LOW HIGH with LOW <= HIGH, got "
+                             f"{self.scale!r}")
 
 
 def affine_matrices(n: int, generator: torch.Generator, rotation: float = 10.0,
@@ -76,7 +59,7 @@ def affine_matrices(n: int, generator: torch.Generator, rotation: float = 10.0,
     kept with chance ``probability`` (else it is neutral: 0, or 1 for a scale). Two ``torch.rand``
     draws from ``generator`` (CPU), so a generator state fixes the matrices.
     """
-    check_affine(rotation, shear, scale, translate, probability)
+    AffineConfig(rotation, shear, scale, translate, probability)  # checks the ranges
     uniform = torch.rand(n, 7, generator=generator, dtype=torch.float64)
     applied = torch.rand(n, 7, generator=generator, dtype=torch.float64) < probability
     low, high = (float(s) for s in scale)
