@@ -100,7 +100,8 @@ def load_learner_state(learner: torch.nn.Module, tensors: dict[str, torch.Tensor
     learner.load_state_dict(state)
 
 
-def load_run(run_dir: str | Path, which: str = "auto", method: str | None = None):
+def load_run(run_dir: str | Path, which: str = "auto", method: str | None = None,
+             test_options: dict[str, str] | None = None):
     """Rebuild the learner of a run and load the weights it is scored with.
 
     ``which`` is ``best`` (the checkpoint selected on validation classes), ``last`` (the final
@@ -108,6 +109,8 @@ def load_run(run_dir: str | Path, which: str = "auto", method: str | None = None
     validation, e.g. trained on trainval, keeps its last checkpoint). Returns ``(learner,
     run_config, checkpoint_metadata)``; the metadata's ``checkpoint`` says which was loaded and
     ``note`` why, when that is not the one asked for. ``method`` (when given) must match.
+    ``test_options`` (``{field: value as text}``) changes test-time fields of the method's config
+    (its ``test_options``, e.g. MAML's test steps or batch-norm mode) before the learner is built.
     """
     from kshot.methods.base import build_learner
 
@@ -118,7 +121,10 @@ def load_run(run_dir: str | Path, which: str = "auto", method: str | None = None
         raise KShotError(f"{run_dir} holds a {run_config.get('method')!r} run, not {method!r}; pass "
                          f"a run directory of {method!r} or the matching method name")
     item_shape = tuple(run_config["data"]["item_shape"])
-    learner = build_learner(run_config["method"], run_config["method_config"], item_shape)
+    method_config = dict(run_config["method_config"])
+    if test_options:
+        method_config.update(typed_test_options(run_config["method"], method_config, test_options))
+    learner = build_learner(run_config["method"], method_config, item_shape)
     chosen, note = which, None
     if which == "auto":
         chosen = "best" if (Path(run_dir) / "best.safetensors").is_file() else "last"
@@ -133,6 +139,32 @@ def load_run(run_dir: str | Path, which: str = "auto", method: str | None = None
     load_learner_state(learner, tensors, path)
     learner.eval()
     return learner, run_config, {**metadata, "checkpoint": chosen, "note": note}
+
+
+def typed_test_options(method: str, method_config: dict[str, Any],
+                       options: dict[str, str]) -> dict[str, Any]:
+    """``options`` (text values) typed like the run's config fields; a field that is not one of the
+    method's test-time options is refused with the list of those it has."""
+    from kshot.methods.base import get_method
+
+    allowed = get_method(method).test_options
+    typed = {}
+    for name, text in options.items():
+        if name not in allowed:
+            known = ", ".join(allowed) if allowed else "none"
+            raise KShotError(f"--set {name}: not a test-time option of {method} (its test-time "
+                             f"options: {known})")
+        current = method_config.get(name)
+        try:
+            if isinstance(current, bool):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                typed[name] = text.lower() in ("true", "1", "yes")
+            else:
+                typed[name] = type(current)(text) if current is not None else text
+        except ValueError:
+            raise KShotError(f"--set {name}={text}: expected a {type(current).__name__}") from None
+    return typed
 
 
 def _selects_on_validation(run_dir: str | Path) -> bool:

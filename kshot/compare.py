@@ -243,6 +243,7 @@ def compare_runs(
     device: str | torch.device = "cpu",
     progress: bool = False,
     on_note: Callable[[str], None] | None = None,
+    test_options: dict[str, str] | None = None,
 ) -> ComparisonResult:
     """Score every run on the same episodes (one sampler, ``seed``) and compare each pair.
 
@@ -251,7 +252,8 @@ def compare_runs(
     ``lake_runs``. The runs must share their item shape, and, unless the test set is named
     (``dataset`` or ``lake_runs``), their data set and split. Every run passes the overlap guard
     (:func:`kshot.protocol.check_overlap`) before any is scored. ``on_note`` receives the note of
-    a run whose scored checkpoint is not the one asked for.
+    a run whose scored checkpoint is not the one asked for. ``test_options`` (``kshot compare
+    --set``) apply to each run whose method has them; one that no run's method has is refused.
     """
     from kshot.checkpoint import load_run
     from kshot.data.episodes import EpisodeSampler
@@ -282,11 +284,16 @@ def compare_runs(
         scored, what = class_ids(test_data), test_data.name
         sampler = EpisodeSampler(test_data, ways, shots, queries, seed=seed)
     overlaps = [check_overlap(run_dir, scored, what, allow_overlap) for run_dir in run_dirs]
-    loaded = [load_run(run_dir) for run_dir in run_dirs]
+    options = [_options_for(config["method"], test_options or {}) for config in configs]
+    unused = set(test_options or {}) - {name for chosen in options for name in chosen}
+    if unused:
+        raise KShotError(f"--set {', '.join(sorted(unused))}: not a test-time option of any of "
+                         f"these runs' methods ({', '.join(sorted({c['method'] for c in configs}))})")
+    loaded = [load_run(run_dir, test_options=chosen) for run_dir, chosen in zip(run_dirs, options)]
 
     scores = []
-    for run_dir, label, overlap, (learner, run_config, checkpoint) in zip(
-            run_dirs, _labels(run_dirs), overlaps, loaded):
+    for run_dir, label, overlap, chosen_options, (learner, run_config, checkpoint) in zip(
+            run_dirs, _labels(run_dirs), overlaps, options, loaded):
         if checkpoint.get("note") and on_note is not None:
             on_note(checkpoint["note"])
         learner.to(device)
@@ -300,7 +307,7 @@ def compare_runs(
             report = evaluate(learner, sampler, episodes, batch_size=batch_size, device=device,
                               progress=progress)
             record = eval_record(run_dir, run_config, checkpoint, report, test_data, dataset,
-                                 split, overlap)
+                                 split, overlap, chosen_options)
             values = report.per_episode.double() * 100
             mean, ci95 = report.accuracy * 100, report.ci95 * 100
             rate = report.episodes_per_second
@@ -314,6 +321,13 @@ def compare_runs(
                                 len(scores[0].values), None)
     return ComparisonResult(scores, pairs, "accuracy", test_data.name, test_data.n_classes, ways,
                             shots, queries, episodes, seed)
+
+
+def _options_for(method: str, test_options: dict[str, str]) -> dict[str, str]:
+    from kshot.methods.base import get_method
+
+    allowed = get_method(method).test_options
+    return {name: value for name, value in test_options.items() if name in allowed}
 
 
 # ---------------------------------------------------------------------------- the table

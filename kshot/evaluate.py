@@ -13,14 +13,17 @@ import torch
 from kshot.config import check_count
 from kshot.data.episodes import EpisodeSampler
 from kshot.data.omniglot import LakeRuns
+from kshot.errors import KShotError
 from kshot.methods.base import episode_accuracies
 
 
 @dataclass
 class Report:
-    """Result of :func:`evaluate`; ``per_episode`` keeps every episode's accuracy for paired tests."""
+    """Result of :func:`evaluate`: the mean of the learner's metric over the episodes (accuracy as a
+    fraction, or a task's own metric such as MSE) and its 95% CI; ``per_episode`` keeps every
+    episode's value for paired tests."""
 
-    accuracy: float
+    mean: float
     ci95: float
     per_episode: torch.Tensor = field(repr=False)
     episodes: int
@@ -29,6 +32,13 @@ class Report:
     n_query: int
     seed: int
     seconds: float
+    metric: str = "accuracy"
+
+    @property
+    def accuracy(self) -> float:
+        if self.metric != "accuracy":
+            raise KShotError(f"this report measures {self.metric}, not accuracy; read .mean")
+        return self.mean
 
     @property
     def episodes_per_second(self) -> float:
@@ -42,7 +52,6 @@ def confidence95(values: torch.Tensor) -> float:
     return float(1.96 * values.double().std(unbiased=False) / len(values) ** 0.5)
 
 
-@torch.inference_mode()
 def evaluate(
     learner: torch.nn.Module,
     sampler: EpisodeSampler,
@@ -56,6 +65,10 @@ def evaluate(
 
     Episodes are scored ``batch_size`` at a time (stacked along a leading dimension, one backbone
     pass); batch norm uses its running statistics (eval mode), so batching changes no result.
+    ``sampler`` is an :class:`EpisodeSampler` or a task sampler (:mod:`kshot.tasks`); the score of
+    an episode is the learner's ``episode_scores`` (accuracy, or its task's metric such as MSE).
+    A learner that ``adapts_at_test`` (gradient steps on the support set) runs with autograd
+    available; every other learner runs under ``torch.inference_mode``.
     ``fast`` (default: ``kshot.runtime.settings.compile``) scores with the frozen, fused copy of the
     backbone (:mod:`kshot.nn.fast`): the same logits within float tolerance, about 2.5× faster.
     """
@@ -69,23 +82,25 @@ def evaluate(
         sampler = sampler.with_shuffle()  # the same episodes, items in a seeded random order
     was_training = learner.training
     learner.eval()
-    accuracies = torch.empty(episodes)
+    scores = torch.empty(episodes)
+    score = getattr(learner, "episode_scores", episode_accuracies)
+    adapts = bool(getattr(learner, "adapts_at_test", False))
     start_time = time.perf_counter()
     with tqdm(total=episodes, desc="eval", unit="ep", disable=not progress, leave=False) as bar, \
-            fast_inference(learner, fast):
+            torch.inference_mode(not adapts), torch.no_grad(), fast_inference(learner, fast):
         for first in range(0, episodes, batch_size):
             indices = range(sampler.start + first, sampler.start + min(first + batch_size, episodes))
             batch = sampler.batch(list(indices)).to(device)
-            logits = learner(batch.support_x, batch.support_y, batch.query_x)
-            accuracies[first : first + len(indices)] = episode_accuracies(logits, batch.query_y).cpu()
+            outputs = learner(batch.support_x, batch.support_y, batch.query_x)
+            scores[first : first + len(indices)] = score(outputs, batch.query_y).float().cpu()
             bar.update(len(indices))
     seconds = time.perf_counter() - start_time
     learner.train(was_training)
-    return Report(float(accuracies.mean()), confidence95(accuracies), accuracies, episodes,
-                  sampler.n_way, sampler.k_shot, sampler.n_query, sampler.seed, seconds)
+    return Report(float(scores.mean()), confidence95(scores), scores, episodes,
+                  sampler.n_way, sampler.k_shot, sampler.n_query, sampler.seed, seconds,
+                  getattr(learner, "metric", "accuracy"))
 
 
-@torch.inference_mode()
 def evaluate_lake_runs(
     learner: torch.nn.Module,
     runs: LakeRuns | None = None,
@@ -110,7 +125,8 @@ def evaluate_lake_runs(
     support_x = runs.training.float().div(255).to(device)  # [20 runs, 20 classes, 1, S, S]
     query_x = runs.test.float().div(255).to(device)
     support_y = torch.arange(20, device=device).expand(len(support_x), -1)
-    logits = learner(support_x, support_y, query_x)  # [20 runs, 20 test items, 20 classes]
+    with torch.inference_mode(not getattr(learner, "adapts_at_test", False)), torch.no_grad():
+        logits = learner(support_x, support_y, query_x)  # [20 runs, 20 test items, 20 classes]
     wrong = (logits.argmax(-1).cpu() != runs.test_labels).double()
     per_run = (wrong.mean(-1) * 100).tolist()
     learner.train(was_training)
@@ -127,7 +143,7 @@ def checkpoint_fields(run_dir: str | Path, checkpoint: dict[str, Any]) -> dict[s
 
 def eval_record(run_dir: str | Path, run_config: dict[str, Any], checkpoint: dict[str, Any],
                 report, test_data, dataset: str, split: str | None,
-                overlap: int) -> dict[str, Any]:
+                overlap: int, test_options: dict[str, str] | None = None) -> dict[str, Any]:
     """The ``kshot eval --json`` record of a run scored on episodes (``report``: a
     :class:`Report`; accuracies and intervals in percent). ``kshot compare`` prints the same."""
     return {"method": run_config["method"], "dataset": dataset, "split": split,
@@ -138,7 +154,8 @@ def eval_record(run_dir: str | Path, run_config: dict[str, Any], checkpoint: dic
             "accuracy": round(report.accuracy * 100, 3), "ci95": round(report.ci95 * 100, 3),
             "overlap": overlap, **checkpoint_fields(run_dir, checkpoint),
             "seconds": round(report.seconds, 3),
-            "episodes_per_s": round(report.episodes_per_second, 2)}
+            "episodes_per_s": round(report.episodes_per_second, 2),
+            **({"test_options": test_options} if test_options else {})}
 
 
 def lake_record(run_dir: str | Path, run_config: dict[str, Any], checkpoint: dict[str, Any],
@@ -156,7 +173,12 @@ def resolve_test_set(data: dict[str, Any], dataset: str | None = None,
     ``split`` when given, else the run's own (its split only when the data set is its own), else
     the data set's default split."""
     from kshot.datasets import DEFAULT_SPLITS
+    from kshot.tasks import FAMILIES
 
+    if data["dataset"] in FAMILIES:
+        raise KShotError(f"this is a {data['dataset']} run (a task family, not classes): it cannot "
+                         f"be scored on {dataset or 'class'} episodes; score it with `kshot "
+                         f"{data['dataset']}` on its own tasks")
     dataset = dataset or data["dataset"]
     split = split or (data["split"] if dataset == data["dataset"] else None) or \
         DEFAULT_SPLITS.get(dataset)

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from kshot.data.store import atomic_path
 from kshot.errors import KShotError
 
-__all__ = ["plot_run"]
+__all__ = ["plot_run", "plot_sinusoid"]
 
 _TRAIN_KEYS = ("step", "episodes", "seconds", "loss", "accuracy")
 _VAL_KEYS = ("step", "episodes", "seconds", "accuracy", "ci95")
@@ -213,3 +213,34 @@ def _format_seconds(seconds: float) -> str:
         return f"{minutes}m{seconds:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def plot_sinusoid(path: str | os.PathLike, grid: np.ndarray, truth: np.ndarray,
+                  support_x: np.ndarray, support_y: np.ndarray,
+                  panels: dict[str, dict[int, np.ndarray]], title: str = "",
+                  observed: np.ndarray | None = None) -> Path:
+    """The book's sinusoid picture: one panel per model, each with the true curve, the ``K``
+    support points, and the model's predictions after each number of adaptation steps (0: before
+    any). ``observed`` (optional) are the support points' observations when the model adapted
+    from those instead of the values (domain-adaptive meta-learning)."""
+    figure = Figure(figsize=(5.2 * len(panels), 4.2))
+    colours = ["tab:gray", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+    for index, (name, predictions) in enumerate(panels.items()):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        axes.plot(grid, truth, color="black", linewidth=2, label="true curve")
+        for colour, (steps, values) in zip(colours, sorted(predictions.items())):
+            style = "--" if steps == 0 else "-"
+            label = "before adaptation" if steps == 0 else f"after {steps} step{'s' * (steps > 1)}"
+            axes.plot(grid, values, style, color=colour, label=label)
+        axes.scatter(support_x, support_y, color="tab:blue", zorder=5,
+                     label=f"the {len(support_x)} points")
+        if observed is not None and name.startswith("daml"):
+            axes.scatter(support_x, observed, color="tab:cyan", marker="x", zorder=5,
+                         label="what DAML observes")
+        axes.set_title(name)
+        axes.set_xlabel("x")
+        axes.legend(fontsize=7, loc="lower left")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return save_figure_atomically(figure, path)

@@ -154,6 +154,14 @@ def _adam(parameters: list[torch.nn.Parameter], lr: float, weight_decay: float) 
         return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
 
 
+def make_sampler(data, ways: int, shots: int, queries: int, seed: int, shuffle: bool):
+    """Episodes of a class dataset (:class:`EpisodeSampler`), or tasks of a task family
+    (:mod:`kshot.tasks`: it has ``sampler(k_shot, n_query, seed)``; the way is the family's own)."""
+    if hasattr(data, "sampler"):
+        return data.sampler(shots, queries, seed)
+    return EpisodeSampler(data, ways, shots, queries, seed=seed, shuffle=shuffle)
+
+
 VAL_SEED_OFFSET = 1_000_003  # validation episodes use seed + this: fixed, disjoint from training
 
 
@@ -172,19 +180,19 @@ class Trainer:
         self.device = torch.device(device)
         self.progress = progress
         shuffle = learner.order_sensitive  # a sequence reader must not learn labels from positions
-        self.train_sampler = EpisodeSampler(train_data, config.ways, config.shots, config.queries,
-                                            seed=config.seed, shuffle=shuffle)
+        self.train_sampler = make_sampler(train_data, config.ways, config.shots, config.queries,
+                                          config.seed, shuffle)
         self.val_sampler = None
         if val_data is not None and config.val_episodes > 0:
-            self.val_sampler = EpisodeSampler(val_data, config.val_ways, config.val_shots,
-                                              config.val_queries, seed=config.seed + VAL_SEED_OFFSET,
-                                              shuffle=shuffle)
+            self.val_sampler = make_sampler(val_data, config.val_ways, config.val_shots,
+                                            config.val_queries, config.seed + VAL_SEED_OFFSET,
+                                            shuffle)
         self.optimizer = None
         if learner.trainable:
             self.optimizer = _adam([p for p in learner.parameters() if p.requires_grad],
                                    config.lr, config.weight_decay)
         self.step = 0
-        self.best_accuracy = -1.0
+        self.best: float | None = None  # best validation value of the learner's metric
         self.elapsed = 0.0
         self._stop_signal: int | None = None
 
@@ -213,9 +221,15 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         return tensors
 
+    @property
+    def best_accuracy(self) -> float:
+        """The best validation accuracy, -1 before any (or when the metric is not accuracy)."""
+        return self.best if self.best is not None and self.learner.metric == "accuracy" else -1.0
+
     def _metadata(self, finished: bool) -> dict[str, Any]:
         return {"method": self.learner.name, "step": self.step,
                 "episodes": self.step * self.config.meta_batch, "best_accuracy": self.best_accuracy,
+                "metric": self.learner.metric, "best_value": self.best,
                 "elapsed_seconds": round(self.elapsed, 3), "finished": finished,
                 "train_config": asdict(self.config)}
 
@@ -243,7 +257,10 @@ class Trainer:
         if "rng.torch" in tensors:
             torch.set_rng_state(tensors["rng.torch"])
         self.step = int(metadata["step"])
-        self.best_accuracy = float(metadata["best_accuracy"])
+        best = metadata.get("best_value")
+        if "best_value" not in metadata and metadata["best_accuracy"] >= 0:  # an older checkpoint
+            best = metadata["best_accuracy"]
+        self.best = None if best is None else float(best)
         self.elapsed = float(metadata["elapsed_seconds"])
         self._truncate_metrics(self.step * self.config.meta_batch)
         return True
@@ -273,15 +290,17 @@ class Trainer:
         report = evaluate(self.learner, self.val_sampler, self.config.val_episodes,
                           device=self.device)
         episodes = self.step * self.config.meta_batch
+        metric = report.metric
         self._log({"kind": "val", "step": self.step, "episodes": episodes,
-                   "seconds": round(self.elapsed, 3), "accuracy": report.accuracy,
-                   "ci95": report.ci95})
-        if report.accuracy > self.best_accuracy:
-            self.best_accuracy = report.accuracy
+                   "seconds": round(self.elapsed, 3), metric: report.mean, "ci95": report.ci95})
+        better = self.best is None or (report.mean > self.best if self.learner.higher_is_better
+                                       else report.mean < self.best)
+        if better:
+            self.best = report.mean
             save_checkpoint(self.run_dir, "best", learner_state(self.learner),
-                            {**self._metadata(False), "val_accuracy": report.accuracy,
+                            {**self._metadata(False), f"val_{metric}": report.mean,
                              "val_ci95": report.ci95})
-        return report.accuracy
+        return report.mean
 
     def _train_step(self, batch) -> dict[str, float]:
         """One optimiser step; the first compiled step falls back to eager if compiling fails."""
@@ -339,7 +358,7 @@ class Trainer:
         self._compiled = compile_backbone(self.learner, self.compile)
         log_steps = max(1, config.log_every // config.meta_batch)
         val_steps = max(1, config.val_every // config.meta_batch)
-        window: list[tuple[float, float]] = []
+        window: list[dict[str, float]] = []
         last_save = time.monotonic()
         started = time.monotonic() - self.elapsed
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.learner.name}",
@@ -352,20 +371,20 @@ class Trainer:
                 batch = augment_episode(batch, config, self.step).to(self.device)
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.learning_rate(self.step)
+                self.learner.on_step(first)
                 metrics = self._train_step(batch)
                 self.step += 1
                 self.elapsed = time.monotonic() - started
-                window.append((metrics["loss"], metrics["accuracy"]))
+                window.append(metrics)
                 bar.update(1)
                 if self.step % log_steps == 0:
-                    mean_loss = sum(w[0] for w in window) / len(window)
-                    mean_acc = sum(w[1] for w in window) / len(window)
+                    means = {key: sum(w[key] for w in window) / len(window) for key in window[0]}
                     self._log({"kind": "train", "step": self.step,
                                "episodes": self.step * config.meta_batch,
-                               "seconds": round(self.elapsed, 3), "loss": mean_loss,
-                               "accuracy": mean_acc, "lr": self.learning_rate(self.step - 1)})
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{mean_acc:.3f}",
-                                    best=f"{self.best_accuracy:.3f}")
+                               "seconds": round(self.elapsed, 3), **means,
+                               "lr": self.learning_rate(self.step - 1)})
+                    bar.set_postfix({key: f"{value:.3f}" for key, value in means.items()},
+                                    best=f"{self.best:.3f}" if self.best is not None else "-")
                     window.clear()
                 out_of_time = bool(config.time_budget) and self.elapsed >= config.time_budget
                 if self.step % val_steps == 0 or self.step == self.total_steps or out_of_time:

@@ -93,9 +93,23 @@ def add_episode_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--batch-size", type=int, default=16, help="episodes per forward pass")
     sub.add_argument("--split", help="split of --dataset")
     sub.add_argument("--folder", help="root of --dataset folder")
+    sub.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                     dest="test_options", help="a test-time option of the run's method, e.g. "
+                     "MAML's test_inner_steps=10 or norm=running (repeatable)")
     sub.add_argument("--test-rotations", action=argparse.BooleanOptionalAction, default=None,
                      help="Omniglot test characters rotated by 90/180/270 as extra classes "
                      "(default: the split's convention: on for vinyals, off for lake)")
+
+
+def parse_test_options(items: Sequence[str]) -> dict[str, str]:
+    """``["field=value", ...]`` (the ``--set`` options) as a dict of text values."""
+    options = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise KShotError(f"--set {item!r}: write FIELD=VALUE, e.g. --set test_inner_steps=10")
+        options[name.strip().replace("-", "_")] = value.strip()
+    return options
 
 
 def add_runtime_options(sub: argparse.ArgumentParser) -> None:

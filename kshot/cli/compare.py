@@ -8,6 +8,7 @@ import sys
 from kshot.cli.common import (
     add_episode_options,
     add_runtime_options,
+    parse_test_options,
     print_json,
     resolve_device,
     set_threads,
@@ -29,7 +30,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
         lake_runs=args.lake_runs, dataset=args.dataset, split=args.split, folder=args.folder,
         test_rotations=args.test_rotations, allow_overlap=args.allow_overlap,
-        data_dir=args.data_dir, device=device, progress=not args.json, on_note=note)
+        data_dir=args.data_dir, device=device, progress=not args.json, on_note=note,
+        test_options=parse_test_options(args.test_options))
     if args.json:
         for run in comparison.runs:
             print_json(run.record)

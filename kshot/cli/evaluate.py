@@ -8,6 +8,7 @@ import sys
 from kshot.cli.common import (
     add_episode_options,
     add_runtime_options,
+    parse_test_options,
     print_json,
     resolve_device,
     set_threads,
@@ -30,7 +31,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     set_threads(args.threads, args.compile)
     device = resolve_device(args.device)
-    learner, run_config, checkpoint = load_run(args.run_dir)
+    test_options = parse_test_options(args.test_options)
+    learner, run_config, checkpoint = load_run(args.run_dir, test_options=test_options)
     learner.to(device)
     data = run_config["data"]
     if checkpoint.get("note") and not args.json:
@@ -56,7 +58,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = evaluate(learner, sampler, args.episodes, batch_size=args.batch_size, device=device,
                       progress=not args.json)
     record = eval_record(args.run_dir, run_config, checkpoint, report, test_data, dataset, split,
-                         overlap)
+                         overlap, test_options)
     if args.json:
         print_json(record)
     else:

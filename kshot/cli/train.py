@@ -44,8 +44,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_config = config_from_dict(TrainConfig, stored["train_config"])
         data = stored["data"]
     else:
-        method_config = config_from_dict(method_cls.Config, collect_config(args, "m_"))
-        train_config = config_from_dict(TrainConfig, collect_config(args, "t_"))
+        given = collect_config(args, "t_")
+        ways, shots = given.get("ways"), given.get("shots", TrainConfig.shots)
+        train_config = config_from_dict(TrainConfig,
+                                        {**method_cls.train_defaults(ways, shots), **given})
+        method_config = config_from_dict(method_cls.Config, {
+            **method_cls.config_defaults(train_config), **collect_config(args, "m_")})
         data = {"dataset": args.dataset, "split": args.split, "image_size": args.image_size,
                 "rotations": args.rotations, "train_subset": args.train_on,
                 "folder": str(args.folder) if args.folder else None}

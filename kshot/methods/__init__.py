@@ -1,18 +1,25 @@
 """Methods: one file per method, each a Learner registered by name."""
 
 from kshot.methods.base import METHODS, Learner, build_learner, get_method
+from kshot.methods.daml import DAML, DAMLConfig
 from kshot.methods.knn import KNN, KNNConfig
+from kshot.methods.maml import MAML, MAMLConfig, Pretrained
 from kshot.methods.matching import MatchingConfig, MatchingNetwork
 from kshot.methods.protonet import ProtoNet, ProtoNetConfig
 from kshot.methods.siamese import Siamese, SiameseConfig
 
 __all__ = [
+           "DAML",
            "KNN",
+           "MAML",
            "METHODS",
+           "DAMLConfig",
            "KNNConfig",
            "Learner",
+           "MAMLConfig",
            "MatchingConfig",
            "MatchingNetwork",
+           "Pretrained",
            "ProtoNet",
            "ProtoNetConfig",
            "Siamese",

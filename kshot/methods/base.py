@@ -29,6 +29,8 @@ class Learner(nn.Module):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
+    test_options: ClassVar[tuple[str, ...]] = ()
+    """Config fields that only change how a trained model is scored (``kshot eval --set``)."""
 
     def __init__(self, config: Any, item_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -46,6 +48,45 @@ class Learner(nn.Module):
         set as a sequence). The Trainer and the evaluator give such a learner episodes whose items
         are shuffled by a seeded draw, so it cannot learn labels from positions."""
         return False
+
+    @classmethod
+    def train_defaults(cls, ways: int | None, shots: int) -> dict[str, Any]:
+        """TrainConfig values this method trains with unless told otherwise (the paper's settings
+        for episodes of ``ways`` × ``shots``; ``ways`` None when not given); ``kshot train``
+        applies them."""
+        return {}
+
+    @classmethod
+    def config_defaults(cls, train_config: Any) -> dict[str, Any]:
+        """Config values that follow from the training episodes (a head of ``ways`` outputs);
+        ``kshot train`` applies them unless the options are given."""
+        return {}
+
+    @property
+    def adapts_at_test(self) -> bool:
+        """Whether the learner takes gradient steps on the support set when it predicts (MAML, the
+        LSTM meta-learner): the evaluator then runs it with autograd on, instead of under
+        ``torch.inference_mode``."""
+        return False
+
+    @property
+    def metric(self) -> str:
+        """The name of what :meth:`episode_scores` measures (``accuracy``, ``mse``)."""
+        return "accuracy"
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger :attr:`metric` is better (the Trainer keeps the best checkpoint)."""
+        return self.metric not in LOWER_IS_BETTER
+
+    def episode_scores(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The metric of each episode of a batch: ``outputs [B, Q, ...]`` of ``forward`` and the
+        query targets ``[B, Q]`` -> ``[B]`` (accuracy unless the learner says otherwise)."""
+        return episode_accuracies(outputs, targets)
+
+    def on_step(self, episodes: int) -> None:
+        """Called by the Trainer before each optimiser step with the episodes trained so far
+        (a schedule inside the method, such as MAML's first-order warm-up, reads it)."""
 
     @property
     def trainable(self) -> bool:
@@ -74,6 +115,9 @@ class Learner(nn.Module):
         if shape != self.item_shape:
             raise KShotError(f"{self.name} was built for items of shape {self.item_shape}, got "
                              f"{shape}; resize the images to the run's image size")
+
+
+LOWER_IS_BETTER = ("mse", "loss", "bits_per_sequence")
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# MAML (Finn et al. 2017) on Omniglot, the published Vinyals split (train 1028 characters x 4
+# rotations, validation 172 x 4 selecting the checkpoint, test 423 x 4 = 1692 classes), 28x28,
+# Conv4 (64 filters) + linear head. One model per setting of the paper, with its settings: 5-way
+# 1 inner step, alpha 0.4, meta-batch 32; 20-way 5 steps, alpha 0.1, meta-batch 16; queries = shots;
+# Adam 1e-3; second order after a first-order warm-up of WARMUP episodes (default 96000, 3000
+# meta-iterations of 32 tasks); and a first-order model of 5-way 1-shot. At most BUDGET seconds
+# (default 7200) of training each, JOBS (default 2) side by side on THREADS (default 2) cores.
+# MODELS (default "5w1s 5w5s 20w1s 20w5s fo5w1s") picks the models.
+# Each model is then scored on 1000 test episodes of its own setting (15 queries per class, seeded
+# EVAL_SEED, default 123) with batch norm both ways (per-episode statistics, as the paper, and the
+# running averages): one `kshot eval --json` line each. The 5-way 1-shot models (second and first
+# order) are compared on the same episodes in one `kshot compare --json` (table on stderr).
+# Re-run with another EVAL_SEED to re-score the finished runs without retraining.
+# usage: bash benchmarks/maml_omniglot_vinyals.sh OUT
+set -euo pipefail
+out=${1:?usage: bash benchmarks/maml_omniglot_vinyals.sh OUT}
+source "$(dirname "$0")/common.sh"
+budget=${BUDGET:-7200}
+warmup=${WARMUP:-96000}
+models=${MODELS:-"5w1s 5w5s 20w1s 20w5s fo5w1s"}
+common=(--dataset omniglot --split vinyals --image-size 28 --seed 0 --threads "$per_job"
+        --episodes 1920000 --val-every 16000 --val-episodes 200 --time-budget "$budget")
+declare -A args=(
+  [5w1s]="--ways 5 --shots 1 --first-order-episodes $warmup"
+  [5w5s]="--ways 5 --shots 5 --first-order-episodes $warmup"
+  [20w1s]="--ways 20 --shots 1 --first-order-episodes $warmup"
+  [20w5s]="--ways 20 --shots 5 --first-order-episodes $warmup"
+  [fo5w1s]="--ways 5 --shots 1 --first-order"
+)
+RUNS=()
+for model in $models; do RUNS+=("$out/$model|maml ${common[*]} ${args[$model]}"); done
+train_queues "$jobs"
+[ -n "${TRAIN_ONLY:-}" ] && exit 0
+for model in $models; do
+  run_summary "$out/$model"
+  ways=${model#fo}; ways=${ways%%w*}; shots=${model##*w}; shots=${shots%s}
+  for norm in episode running; do
+    kshot eval "$out/$model" --ways "$ways" --shots "$shots" --queries 15 --episodes 1000 \
+      --seed "$seed" --threads "$threads" --set norm="$norm" --json
+  done
+done
+if [[ " $models " == *" 5w1s "* && " $models " == *" fo5w1s "* ]]; then
+  kshot compare "$out/5w1s" "$out/fo5w1s" --ways 5 --shots 1 --queries 15 --episodes 1000 \
+    --seed "$seed" --threads "$threads" --json
+fi

@@ -1,0 +1,153 @@
+"""Any ``nn.Module`` as a pure function of its parameters, batched over tasks: the shared piece of
+the methods that adapt a model with gradient steps on each task (MAML, Meta-SGD, the LSTM
+meta-learner, domain-adaptive meta-learning, a fine-tuned baseline).
+
+:class:`TaskModel` wraps a module with ``torch.func.functional_call``; ``vmap`` over a leading task
+dimension runs a meta-batch of tasks in one pass (a convolution over 32 tasks becomes one grouped
+convolution) instead of a Python loop over tasks and module copies; ``torch.func.grad`` gives the
+inner-loop gradients, which the outer ``backward`` differentiates again (second order) unless they
+are detached (first order). Nothing holds a graph from one call to the next, so memory stays flat.
+
+Batch norm is explicit. Training always normalises each pass by the statistics of its own batch
+(one task's items), and after each training step the running averages take in the statistics of the
+initialisation on the step's support items (all tasks as one batch, outside the differentiated
+pass). At test, ``norm`` chooses:
+
+* ``"episode"``: every pass normalises by its own batch's statistics, as in training (Finn et al.'s
+  MAML: transductive, a task's query set is normalised as one batch);
+* ``"running"``: every pass, the inner steps included, uses the running averages, so a query's
+  prediction does not depend on the other queries.
+
+The same trained model can be scored both ways.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from kshot.errors import KShotError
+
+NORMS = ("episode", "running")
+
+Params = dict[str, torch.Tensor]
+
+
+class TaskBatchNorm(nn.Module):
+    """Batch norm written as plain tensor operations, with the parameter names of ``nn.BatchNorm``.
+
+    It normalises by the statistics of its own input batch (inside ``vmap``: of one task's items),
+    and by its running averages when ``use_running`` is set and the module is in eval mode. Running
+    averages are updated only by :meth:`TaskModel.update_running`, outside any differentiated pass.
+    The same arithmetic as ``F.batch_norm``; written out, its second derivative (second-order MAML
+    differentiates through the inner gradient) costs about 1.3× less on CPU than the fused kernel's.
+    """
+
+    def __init__(self, source: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.eps = source.eps
+        self.momentum = source.momentum if source.momentum is not None else 0.1
+        self.weight = source.weight
+        self.bias = source.bias
+        self.use_running = False
+        self.updating = False
+        self.register_buffer("running_mean", torch.zeros(source.num_features))
+        self.register_buffer("running_var", torch.ones(source.num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = [0] + list(range(2, x.ndim))  # every dimension but the channels
+        shape = (-1,) + (1,) * (x.ndim - 2)
+        if self.use_running and not self.training:
+            mean, var = self.running_mean.view(shape), self.running_var.view(shape)
+            centered = x - mean
+        else:
+            mean = x.mean(dims, keepdim=True)
+            centered = x - mean
+            var = centered.pow(2).mean(dims, keepdim=True)
+            if self.updating:
+                count = x.numel() // x.shape[1]
+                with torch.no_grad():
+                    self.running_mean.lerp_(mean.flatten(), self.momentum)
+                    unbiased = var.flatten() * count / max(count - 1, 1)
+                    self.running_var.lerp_(unbiased, self.momentum)
+        scale = torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight.view(shape)
+        out = centered * scale
+        return out + self.bias.view(shape) if self.bias is not None else out
+
+
+def _replace_norms(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, TaskBatchNorm(child))
+        else:
+            _replace_norms(child)
+
+
+class TaskModel:
+    """``module`` as ``model(params, x)``, vmapped over tasks; ``norm`` says how batch norm works.
+
+    ``params`` maps each parameter name to a tensor with a leading task dimension (``[B, ...]``)
+    or without one (shared by every task: the meta-learned initialisation). The module's batch-norm
+    layers are replaced by :class:`TaskBatchNorm` (same parameters), which makes ``norm`` explicit.
+    """
+
+    def __init__(self, module: nn.Module, norm: str = "episode") -> None:
+        _replace_norms(module)
+        self.module = module
+        self.norms = [m for m in module.modules() if isinstance(m, TaskBatchNorm)]
+        self.norm = norm
+
+    @property
+    def norm(self) -> str:
+        return self._norm
+
+    @norm.setter
+    def norm(self, norm: str) -> None:
+        if norm not in NORMS:
+            raise KShotError(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        self._norm = norm
+        for layer in self.norms:
+            layer.use_running = norm == "running"
+
+    def parameters(self) -> Params:
+        return dict(self.module.named_parameters())
+
+    @torch.no_grad()
+    def update_running(self, items: torch.Tensor) -> None:
+        """Fold the batch statistics of ``module(items)`` (the current parameters, every task's
+        items as one batch) into the running averages (nothing to do without batch norm)."""
+        if not self.norms:
+            return
+        for layer in self.norms:
+            layer.updating = True
+        try:
+            self.module(items)
+        finally:
+            for layer in self.norms:
+                layer.updating = False
+
+    def __call__(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """One task: ``x [items, ...]`` -> outputs (called inside :meth:`map`)."""
+        return functional_call(self.module, params, (x,), strict=False)
+
+    def map(self, fn: Callable, params: Params, *tasks: torch.Tensor,
+            batched_params: bool = False):
+        """``vmap(fn)(params, *tasks)`` over the leading task dimension of ``tasks``; ``fn(params,
+        *task)`` calls ``self(params, x)``. ``params`` are per task when ``batched_params``."""
+        dims = (0 if batched_params else None,) + (0,) * len(tasks)
+        return vmap(fn, in_dims=dims, randomness="different")(params, *tasks)
+
+
+def sgd_step(params: Params, grads: Params, lr: Params | float, first_order: bool) -> Params:
+    """``θ - α ∇``; the gradient is detached when ``first_order`` (its own gradient is dropped)."""
+    updated = {}
+    for name, value in params.items():
+        grad = grads[name].detach() if first_order else grads[name]
+        rate = lr[name] if isinstance(lr, dict) else lr
+        updated[name] = value - rate * grad
+    return updated

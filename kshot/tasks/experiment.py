@@ -1,0 +1,111 @@
+"""Runs on a task family: train (or resume, or reuse) a run, and score it on fresh tasks after
+0, 1, 5, 10 … adaptation steps. ``kshot sinusoid`` is built from these; the copy task can be too.
+
+A run on a task family is an ordinary run directory (``config.json``, checkpoints, metrics,
+``classes.json`` with no classes): the one Trainer trains it, ``load_run`` loads it, the one
+evaluator scores it with the family's metric. Its ``data`` record names the family and its options
+instead of a class dataset; ``kshot eval`` refuses to score it on class episodes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kshot.checkpoint import load_run, read_run_config, write_run_config
+from kshot.errors import KShotError
+from kshot.evaluate import Report, evaluate
+from kshot.methods.base import build_learner, config_from_dict, config_to_dict, get_method
+from kshot.tasks.base import TaskFamily
+from kshot.tasks.sinusoid import SinusoidTasks
+from kshot.train import TrainConfig, Trainer
+
+
+def family_from_record(data: dict[str, Any]) -> TaskFamily:
+    """The task family a run's ``data`` record names."""
+    if data.get("dataset") != "sinusoid":
+        raise KShotError(f"not a task-family run (data set {data.get('dataset')!r})")
+    return SinusoidTasks(data["family"], data.get("observation", "labels"))
+
+
+def family_record(family: TaskFamily) -> dict[str, Any]:
+    if isinstance(family, SinusoidTasks):
+        return {"dataset": "sinusoid", "family": family.variant, "observation": family.observation,
+                "item_shape": list(family.item_shape)}
+    raise KShotError(f"no run record for task family {family.name!r}")
+
+
+def is_finished(run_dir: Path) -> bool:
+    path = run_dir / "last.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get("finished"))
+
+
+def train_task_run(run_dir: str | Path, method: str, family: TaskFamily, train_config: TrainConfig,
+                   method_config: dict[str, Any] | None = None, progress: bool = False,
+                   device: str = "cpu") -> dict[str, Any]:
+    """Train ``method`` on ``family`` into ``run_dir``; resume it if it was interrupted, leave it
+    as it is if it is finished. A run directory holding another method, family or configuration
+    is refused (choose another directory). Returns the run's ``last.json`` metadata."""
+    run_dir = Path(run_dir)
+    record = family_record(family)
+    cls = get_method(method)
+    config = config_from_dict(cls.Config, method_config or {})
+    wanted = {"method": method, "method_config": config_to_dict(config),
+              "train_config": asdict(train_config), "data": record}
+    if (run_dir / "config.json").is_file():
+        stored = read_run_config(run_dir)
+        for key in ("method", "method_config", "train_config", "data"):
+            if json.loads(json.dumps(stored.get(key))) != json.loads(json.dumps(wanted[key])):
+                raise KShotError(f"{run_dir} holds a run with another {key.replace('_', ' ')}; "
+                                 "choose another --out directory (or delete it to retrain)")
+        if is_finished(run_dir):
+            return json.loads((run_dir / "last.json").read_text())
+    torch.manual_seed(train_config.seed)
+    learner = build_learner(method, config, family.item_shape)
+    trainer = Trainer(learner, train_config, run_dir, family, family, device=device,
+                      progress=progress)
+    resume = (run_dir / "config.json").is_file()
+    if not resume:
+        write_run_config(run_dir, wanted)
+    return trainer.fit(resume=resume)
+
+
+@dataclass
+class StepScore:
+    """The family's metric after ``steps`` adaptation steps (0: the initialisation as it is)."""
+
+    steps: int
+    report: Report
+
+
+def score_after_steps(run_dir: str | Path, family: TaskFamily, k_shot: int, n_query: int,
+                      tasks: int, seed: int, steps: list[int],
+                      batch_size: int = 100) -> list[StepScore]:
+    """Score the run's model on tasks ``0 .. tasks - 1`` of ``family`` drawn with ``seed`` (the
+    same tasks for every step count and every run), after each number of ``steps``."""
+    learner, _, _ = load_run(run_dir)
+    if not getattr(learner, "adapts_at_test", False):
+        raise KShotError(f"{run_dir} holds a model that does not adapt at test")
+    sampler = family.sampler(k_shot, n_query, seed)
+    scores = []
+    for count in steps:
+        learner.test_steps = count
+        scores.append(StepScore(count, evaluate(learner, sampler, tasks, batch_size=batch_size)))
+    return scores
+
+
+def predictions_after_steps(run_dir: str | Path, support: tuple[torch.Tensor, torch.Tensor],
+                            grid: torch.Tensor, steps: list[int]) -> dict[int, torch.Tensor]:
+    """The run's predictions on ``grid [G, d]`` after adapting on one task's ``support`` (``x
+    [K, d]``, ``y [K]``) for each number of ``steps`` (for the book's plot)."""
+    learner, _, _ = load_run(run_dir)
+    predictions = {}
+    with torch.no_grad():
+        for count in steps:
+            learner.test_steps = count
+            predictions[count] = learner(support[0], support[1], grid).detach()
+    return predictions
