@@ -1,7 +1,10 @@
 """Training and evaluation throughput of a method (Conv4, 28×28, 5-way 1-shot 15-query).
 
 ``--method protonet`` (default), ``matching`` (full-context embeddings, 5 processing steps: the
-model of easyfsl's MatchingNetworks at 5-way 1-shot) or ``siamese`` (``--loss``). Prints one JSON
+model of easyfsl's MatchingNetworks at 5-way 1-shot), ``siamese`` (``--loss``) or ``maml``
+(learn2learn's protocol: second order, 1 query per class in training, meta-batch 32, 1 inner step
+with α = 0.4 in training and at test; ``train_episodes_per_s`` counts meta-iterations, and
+``--memory-check N`` adds the peak resident memory after 100 and after N meta-iterations). Prints one JSON
 line: {"library", "method", "compile", "train_episodes_per_s", "eval_episodes_per_s",
 "peak_rss_mb", ...}. ``benchmarks/throughput.sh`` runs it beside easyfsl in the same run.
 Data: Omniglot background (train) and evaluation (test) alphabets, in memory, as easyfsl's and
@@ -29,7 +32,8 @@ from kshot.train import TrainConfig, Trainer
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--method", default="protonet", choices=["protonet", "matching", "siamese"])
+    parser.add_argument("--method", default="protonet",
+                        choices=["protonet", "matching", "siamese", "maml"])
     parser.add_argument("--loss", default="triplet", help="siamese: contrastive, triplet or koch")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-episodes", type=int, default=300)
@@ -37,6 +41,8 @@ def main() -> None:
     parser.add_argument("--meta-batch", type=int, default=1)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="training arithmetic (TrainConfig.precision)")
+    parser.add_argument("--memory-check", type=int, default=0, metavar="N",
+                        help="maml: also train to N meta-iterations, peak memory after 100 and N")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="compiled / fused backbones (kshot's default) or eager PyTorch")
     args = parser.parse_args()
@@ -46,12 +52,19 @@ def main() -> None:
     test_data = load_omniglot("lake", "test", 28, progress=False)
     torch.manual_seed(0)
     options = {"loss": args.loss} if args.method == "siamese" else {}
+    queries, meta_batch = 15, args.meta_batch
+    if args.method == "maml":
+        options = {"n_way": 5, "inner_steps": 1, "inner_lr": 0.4, "test_inner_steps": 1}
+        queries, meta_batch = 1, 32
     learner = build_learner(args.method, options, train_data.item_shape)
-    config = TrainConfig(episodes=args.train_episodes, ways=5, shots=1, queries=15,
-                         meta_batch=args.meta_batch, val_episodes=0, log_every=10**9,
-                         precision=args.precision)
+    iterations = args.train_episodes  # optimiser steps (MAML: meta-iterations of meta_batch tasks)
+    config = TrainConfig(episodes=iterations * meta_batch, ways=5, shots=1, queries=queries,
+                         meta_batch=meta_batch, val_episodes=0, log_every=10**9,
+                         precision=args.precision, schedule="constant")
+    memory = {}
     with tempfile.TemporaryDirectory() as run_dir:
-        warmup = Trainer(learner, TrainConfig(episodes=20, ways=5, shots=1, queries=15,
+        warmup = Trainer(learner, TrainConfig(episodes=2 * meta_batch, ways=5, shots=1,
+                                              queries=queries, meta_batch=meta_batch,
                                               val_episodes=0, precision=args.precision),
                          run_dir + "/w", train_data,
                          progress=False)
@@ -60,18 +73,36 @@ def main() -> None:
         started = time.perf_counter()
         trainer.fit()
         train_seconds = time.perf_counter() - started
+        if args.memory_check:
+            memory = memory_check(learner, train_data, queries, meta_batch, args.memory_check,
+                                  run_dir + "/m")
     eval_seed = int(os.environ.get("EVAL_SEED", "123"))
     sampler = EpisodeSampler(test_data, 5, 1, 15, seed=eval_seed)
     report = evaluate(learner, sampler, args.eval_episodes)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({
         "library": "kshot", "method": args.method, **options, "compile": args.compile, "precision": args.precision, "torch": torch.__version__,
-        "train_episodes_per_s": round(args.train_episodes / train_seconds, 2),
+        "train_episodes_per_s": round(iterations / train_seconds, 2),
         "eval_episodes_per_s": round(report.episodes_per_second, 2),
         "peak_rss_mb": round(peak_rss_mb, 1),
         "threads": args.threads, "meta_batch": args.meta_batch, "eval_seed": eval_seed,
-        "eval_accuracy_untrained_check": round(report.accuracy * 100, 2),
+        "eval_accuracy_untrained_check": round(report.accuracy * 100, 2), **memory,
     }))
+
+
+def memory_check(learner, train_data, queries: int, meta_batch: int, iterations: int,
+                 run_dir: str) -> dict[str, float]:
+    """Peak resident memory (MB) after 100 and after ``iterations`` training steps."""
+    peaks = {}
+    for steps in (100, iterations):
+        config = TrainConfig(episodes=steps * meta_batch, ways=5, shots=1, queries=queries,
+                             meta_batch=meta_batch, val_episodes=0, log_every=10**9,
+                             schedule="constant", checkpoint_every_s=10**9)
+        trainer = Trainer(learner, config, run_dir, train_data, progress=False)
+        trainer.fit(resume=True)  # continues from the 100 steps to ``iterations``
+        peaks[f"peak_rss_mb_after_{steps}"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return peaks
 
 
 if __name__ == "__main__":

@@ -3,13 +3,17 @@
 # easyfsl 1.5 in the same run on the same machine (machines of this kind differ by up to 2x, so only
 # ratios from one run mean anything). --method protonet (default) or matching (full-context
 # embeddings, beside easyfsl's MatchingNetworks, which has them built in); --method siamese runs
-# kshot alone (no peer library has a Siamese network to set beside it).
+# kshot alone (no peer library has a Siamese network to set beside it); --method maml runs
+# second-order MAML beside learn2learn 0.2 (meta-batch 32, 1 query per class, 1 inner step with
+# alpha 0.4; train_episodes_per_s counts meta-iterations, TRAIN_EPISODES of them, default 30) and
+# checks that kshot's peak memory after MEMORY_ITERATIONS (default 2000) meta-iterations is that
+# after 100 (set MEMORY_ITERATIONS=0 to skip the check, which takes most of the time).
 # Runs, in this order: kshot (compiled / fused backbones, the default), kshot eager (--no-compile),
 # kshot training in mixed precision (--precision bf16; evaluation stays fp32), easyfsl, and
 # easyfsl with the glibc allocator settings kshot applies to itself
 # (MALLOC_*_THRESHOLD_), so no gain comes from those alone. Every line has peak_rss_mb.
 # Needs the peers' venv: bash ../shared/peers/setup_venv.sh (PEER_PYTHON overrides its python).
-# usage: bash benchmarks/throughput.sh [--method protonet|matching|siamese]
+# usage: bash benchmarks/throughput.sh [--method protonet|matching|siamese|maml]
 #   -> one JSON line per library, then one with the ratios
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,12 +22,12 @@ while [ $# -gt 0 ]; do
   case $1 in
     --method) method=${2:?--method needs a value}; shift 2 ;;
     --method=*) method=${1#--method=}; shift ;;
-    *) echo "usage: bash benchmarks/throughput.sh [--method protonet|matching|siamese]" >&2; exit 2 ;;
+    *) echo "usage: bash benchmarks/throughput.sh [--method protonet|matching|siamese|maml]" >&2; exit 2 ;;
   esac
 done
 case $method in
-  protonet|matching|siamese) ;;
-  *) echo "unknown --method $method: use protonet, matching or siamese" >&2; exit 2 ;;
+  protonet|matching|siamese|maml) ;;
+  *) echo "unknown --method $method: use protonet, matching, siamese or maml" >&2; exit 2 ;;
 esac
 threads=${THREADS:-2}
 train=${TRAIN_EPISODES:-300}
@@ -32,6 +36,31 @@ peers=${PEERS_DIR:-$(cd "$here/../.." && pwd)/shared/peers}
 peer_python=${PEER_PYTHON:-$HOME/.cache/kshot-peers/venv/bin/python}
 export OMNIGLOT_DIR=${OMNIGLOT_DIR:-${KSHOT_DATA_DIR:-$peers/../data}/omniglot}
 kshot_args=(--method "$method" --threads "$threads" --train-episodes "$train" --eval-episodes "$evals")
+if [ "$method" = maml ]; then
+  [ -x "$peer_python" ] || { echo "no peers venv at $peer_python: run bash $peers/setup_venv.sh" >&2; exit 2; }
+  train=${TRAIN_EPISODES:-30}; evals=${EVAL_EPISODES:-200}
+  kshot_args=(--method maml --threads "$threads" --train-episodes "$train" --eval-episodes "$evals")
+  ours=$(python "$here/throughput.py" "${kshot_args[@]}" --memory-check "${MEMORY_ITERATIONS:-2000}")
+  echo "$ours"
+  peer=$(python "$here/peak_rss.py" "$peer_python" "$peers/maml_l2l.py" --episodes "$train" --eval-episodes "$evals" --threads "$threads" | tail -n 1)
+  echo "$peer"
+  python - "$ours" "$peer" <<'PY'
+import json, sys
+ours, peer = (json.loads(a) for a in sys.argv[1:])
+peer_eval = peer["eval_episodes"] / peer["eval_seconds"]
+print(json.dumps({
+    "method": "maml", "kshot_train": ours["train_episodes_per_s"], "kshot_eval": ours["eval_episodes_per_s"],
+    "learn2learn_train": peer["episodes_per_s"], "learn2learn_eval": round(peer_eval, 2),
+    "kshot_peak_rss_mb": ours["peak_rss_mb"], "learn2learn_peak_rss_mb": peer["peak_rss_mb"],
+    "kshot_peak_rss_mb_after_100": ours.get("peak_rss_mb_after_100"),
+    "kshot_peak_rss_mb_after_n": max((v for k, v in ours.items() if k.startswith("peak_rss_mb_after_") and k != "peak_rss_mb_after_100"), default=None),
+    "ratio_train": round(ours["train_episodes_per_s"] / peer["episodes_per_s"], 2),
+    "ratio_eval": round(ours["eval_episodes_per_s"] / peer_eval, 2),
+    "ratio_note": "meta-iterations/s (32 tasks each), second order; eval: 5-way 1-shot 15 queries, 1 inner step",
+}))
+PY
+  exit 0
+fi
 fast=$(python "$here/throughput.py" "${kshot_args[@]}")
 echo "$fast"
 eager=$(python "$here/throughput.py" "${kshot_args[@]}" --no-compile)

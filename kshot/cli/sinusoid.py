@@ -39,8 +39,8 @@ def cmd_sinusoid(args: argparse.Namespace) -> int:
     models = MODELS[args.experiment]
     if args.no_baseline:
         models = models[:1]
-    if args.observation and args.experiment == "daml":
-        models = [(models[0][0], "daml", args.observation)] + models[1:]
+    if args.experiment == "daml" and args.observation != "shifted":
+        models = [(f"daml-{args.observation}", "daml", args.observation)] + models[1:]
     train_config = TrainConfig(
         episodes=args.iterations * args.meta_batch, ways=1, shots=args.shots, queries=args.queries,
         meta_batch=args.meta_batch, lr=args.lr, schedule="constant",
@@ -87,7 +87,7 @@ def cmd_sinusoid(args: argparse.Namespace) -> int:
             observed = task.support_y
         panels[name] = {s: p.numpy() for s, p in predictions_after_steps(
             out / name, (task.support_x, task.support_y), grid, shown).items()}
-    path = plot_sinusoid(args.plot or out / "sinusoid.png", grid[:, 0].numpy(), truth.numpy(),
+    path = plot_sinusoid(args.plot or out / f"sinusoid-{models[0][0]}.png", grid[:, 0].numpy(), truth.numpy(),
                          support_x[:, 0].numpy(), support_y.numpy(), panels,
                          title=f"sinusoid ({args.family}), K = {args.shots}",
                          observed=None if observed is None else observed.numpy())
@@ -132,7 +132,8 @@ def add_parser(commands) -> None:
         sub.add_argument("--steps", type=int, nargs="+", default=[0, 1, 5, 10],
                          help="adaptation steps scored (0: before any)")
         sub.add_argument("--seed", type=int, default=123, help="seed of the test tasks")
-        sub.add_argument("--plot", help="the picture's path (default: OUT/sinusoid.png)")
+        sub.add_argument("--plot", help="the picture's path (default: OUT/sinusoid-MODEL.png, "
+                         "MODEL the first model)")
         sub.add_argument("--json", action="store_true", help="one JSON line per (model, steps)")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
         add_runtime_options(sub)

@@ -5,6 +5,7 @@ from kshot.methods.daml import DAML, DAMLConfig
 from kshot.methods.knn import KNN, KNNConfig
 from kshot.methods.maml import MAML, MAMLConfig, Pretrained
 from kshot.methods.matching import MatchingConfig, MatchingNetwork
+from kshot.methods.meta_lstm import MetaLSTM, MetaLSTMConfig
 from kshot.methods.protonet import ProtoNet, ProtoNetConfig
 from kshot.methods.siamese import Siamese, SiameseConfig
 
@@ -19,6 +20,8 @@ __all__ = [
            "MAMLConfig",
            "MatchingConfig",
            "MatchingNetwork",
+           "MetaLSTM",
+           "MetaLSTMConfig",
            "Pretrained",
            "ProtoNet",
            "ProtoNetConfig",

@@ -225,7 +225,14 @@ class MAML(Learner):
     def loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
         outputs = self(episode.support_x, episode.support_y, episode.query_x)
         targets = episode.query_y.to(outputs.dtype) if self.regression else episode.query_y
-        loss = self.task_loss(outputs.flatten(0, 1), targets.flatten(0, 1))
+        return self.query_loss(outputs, targets)
+
+    def query_loss(self, outputs, targets) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss over every query of every task (a batch, or one episode)."""
+        if self.regression:
+            loss = self.task_loss(outputs.reshape(-1), targets.reshape(-1))
+        else:
+            loss = self.task_loss(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
         return loss, self.train_metrics(loss, outputs, targets)
 
     def train_metrics(self, loss, outputs, targets) -> dict[str, float]:
@@ -247,5 +254,4 @@ class Pretrained(MAML):
         outputs = self.model.map(self.model, self.model.parameters(), x)
         self.model.update_running(x.flatten(0, 1))
         targets = y.to(outputs.dtype) if self.regression else y
-        loss = self.task_loss(outputs.flatten(0, 1), targets.flatten(0, 1))
-        return loss, self.train_metrics(loss, outputs, targets)
+        return self.query_loss(outputs, targets)

@@ -30,21 +30,22 @@ learner on every task's support set as one vmapped pass (:mod:`kshot.nn.function
 gradients from ``torch.func.grad``), then both LSTM layers on all ``B·P`` coordinates in one tensor
 operation. Only the ``T`` updates are a Python loop.
 
-Choices where the paper leaves freedom (those of its released code where it has one):
+Choices where the paper leaves freedom:
 
-* Initialisation: b_F ~ U[4, 6] (f starts near 1: no forgetting), b_I ~ U[-5, -4] (a small first
-  learning rate, ≈ 0.01), the other weights of both layers ~ U[-0.01, 0.01]; i_0 = f_0 = 0, and the
-  first LSTM starts from zero states in each episode.
+* Initialisation: as the paper asks, a large forget bias (f starts near 1: no forgetting) and a
+  small input bias (a small first learning rate), with the ranges of the public reimplementations:
+  b_F ~ U[4, 6], b_I ~ U[-5, -4] (σ(b_I) ≈ 0.01); every other weight of both layers ~
+  U[-0.01, 0.01]; i_0 = f_0 = 0, and the first LSTM starts from zero states in each episode.
 * Batch norm normalises every pass by its own batch (one task's support or query items: the
   paper's per-episode statistics); ``norm running`` scores with the running averages instead.
   Batch-norm scales and shifts are coordinates like every other parameter.
-* Updates: ``inner_steps`` = 5 in training, and by default the same number at test
-  (``test_inner_steps`` 0). The gates are trained for that horizon; the paper's code fixes T per
-  setting (a few passes over the support set, the whole set per update) and tests with the same T.
-  Every update uses the whole support set as its batch.
-* The paper meta-trains on one episode per step; ``train_defaults`` takes 4 (the cost of the
-  meta-learner grows with B·P, and gradients of 4 episodes are much less noisy). Ravi & Larochelle
-  clip the meta-gradient's norm; the Trainer does not, and the method trains without it.
+* Updates: T = ``inner_steps`` = 5 in training, each on the whole support set, and by default the
+  same T at test (``test_inner_steps`` 0): the gates (the learning rates and decays of each step)
+  are trained for that horizon, and more steps at test extrapolate it; set ``test_inner_steps`` to
+  try more.
+* The paper meta-trains on one episode per step; ``train_defaults`` takes 4 at about the same cost
+  per episode (one thread: 2.7 episodes/s with 1, 2.6 with 4). The public reimplementations clip
+  the meta-gradient's norm; the Trainer does not clip, and the method trains without it.
 """
 
 from __future__ import annotations
@@ -97,25 +98,25 @@ class MetaLSTMConfig:
         check_choice(self, "norm", NORMS)
 
 
-def preprocess(x: torch.Tensor, p: float = PREPROCESS_P) -> torch.Tensor:
-    """Andrychowicz et al.'s scaling of gradients and losses: ``x [...]`` -> ``[..., 2]``, each value
-    as (log(|x|) / p, sign(x)) when |x| >= e^-p, else (-1, e^p x)."""
+def preprocess(x: torch.Tensor, p: float = PREPROCESS_P, dim: int = -1) -> torch.Tensor:
+    """Andrychowicz et al.'s scaling of gradients and losses: each value of ``x`` as the pair
+    (log(|x|) / p, sign(x)) when |x| >= e^-p, else (-1, e^p x), stacked along a new ``dim``."""
     threshold = math.exp(-p)
     large = x.abs() >= threshold
     magnitude = torch.where(large, x.abs().clamp_min(threshold).log() / p, -torch.ones_like(x))
     direction = torch.where(large, x.sign(), x * math.exp(p))
-    return torch.stack([magnitude, direction], -1)
+    return torch.stack([magnitude, direction], dim)
 
 
 class MetaLearnerCell(nn.Module):
     """The second layer: an LSTM cell whose state is the learner's parameters, one coordinate per
-    row. ``c_t = f_t c_{t-1} - i_t ∇_t`` with the input gate i_t (learning rate) and the forget
+    column. ``c_t = f_t c_{t-1} - i_t ∇_t`` with the input gate i_t (learning rate) and the forget
     gate f_t computed from the first layer's ``h_t``, ``c_{t-1}`` and the gate's previous value."""
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
-        self.input_gate = nn.Linear(hidden_size + 2, 1)  # W_I, b_I
-        self.forget_gate = nn.Linear(hidden_size + 2, 1)  # W_F, b_F
+        self.input_gate = nn.Linear(hidden_size + 2, 1)  # W_I, b_I; inputs [h, c, i_prev]
+        self.forget_gate = nn.Linear(hidden_size + 2, 1)  # W_F, b_F; inputs [h, c, f_prev]
         for gate, bias in ((self.input_gate, INPUT_BIAS_INIT), (self.forget_gate, FORGET_BIAS_INIT)):
             nn.init.uniform_(gate.weight, -WEIGHT_INIT, WEIGHT_INIT)
             nn.init.uniform_(gate.bias, *bias)
@@ -123,12 +124,29 @@ class MetaLearnerCell(nn.Module):
     def forward(self, h: torch.Tensor, c: torch.Tensor, gradient: torch.Tensor,
                 i_prev: torch.Tensor, f_prev: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``h [N, H]``, ``c``, ``gradient``, ``i_prev``, ``f_prev [N]`` -> ``(c_t, i_t, f_t)``."""
-        column = c.unsqueeze(-1)
-        i = torch.sigmoid(self.input_gate(torch.cat([h, column, i_prev.unsqueeze(-1)], -1)))
-        f = torch.sigmoid(self.forget_gate(torch.cat([h, column, f_prev.unsqueeze(-1)], -1)))
-        i, f = i.squeeze(-1), f.squeeze(-1)
+        """``h [H, N]`` (coordinates last), ``c``, ``gradient``, ``i_prev``, ``f_prev [N]`` ->
+        ``(c_t, i_t, f_t)``, each ``[N]``."""
+        weights = torch.cat([self.input_gate.weight, self.forget_gate.weight])  # [2, H + 2]
+        biases = torch.cat([self.input_gate.bias, self.forget_gate.bias])
+        hidden = len(h)
+        gates = torch.addmm(biases[:, None], weights[:, :hidden], h)  # [2, N]
+        gates = gates + weights[:, hidden, None] * c + weights[:, hidden + 1, None] * torch.stack(
+            [i_prev, f_prev])
+        i, f = torch.sigmoid(gates).unbind(0)
         return f * c - i * gradient, i, f
+
+
+def lstm_cell(cell: nn.LSTMCell, x: torch.Tensor, h: torch.Tensor,
+              c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nn.LSTMCell``'s arithmetic with its parameters, coordinates last: ``x [I, N]``, ``h, c
+    [H, N]`` -> ``(h_t, c_t)``. The gate blocks are contiguous rows, so every element-wise operation
+    is one vectorised pass (forward and backward 1.4 to 2× faster on CPU than the cell
+    on ``[N, I]``)."""
+    gates = torch.addmm((cell.bias_ih + cell.bias_hh)[:, None], cell.weight_ih, x)
+    gates = gates.addmm_(cell.weight_hh, h)  # [4H, N]: the blocks of i, f, g, o
+    i, f, g, o = gates.chunk(4)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 @register
@@ -157,12 +175,13 @@ class MetaLSTM(Learner):
     # ------------------------------------------------------------------ the contract's extras
     @classmethod
     def train_defaults(cls, ways: int | None, shots: int) -> dict:
-        """Ravi & Larochelle: 5-way unless told, 15 queries per class, Adam 1e-3 constant; 4
-        episodes per step (the paper: 1); validation on episodes of the training way."""
+        """5-way unless told, 15 queries per class and Adam (Ravi & Larochelle), 1e-3 constant and
+        50,000 training episodes (the public reimplementations'); 4 episodes per step (the paper:
+        1); validation on episodes of the training way (the head's outputs)."""
         ways = ways or 5
         return {"ways": ways, "meta_batch": 4, "queries": 15, "lr": 1e-3, "schedule": "constant",
-                "episodes": 50000 * 4, "val_every": 4000, "val_episodes": 200, "val_ways": ways,
-                "val_shots": shots, "log_every": 400}
+                "episodes": 50000, "val_every": 2000, "val_episodes": 200, "val_ways": ways,
+                "val_shots": shots, "log_every": 200}
 
     @classmethod
     def config_defaults(cls, train_config) -> dict:
@@ -204,15 +223,14 @@ class MetaLSTM(Learner):
         n_tasks = len(support_x)
         c = self.flat_parameters().expand(n_tasks, -1)  # [B, P]
         coordinates = c.numel()
-        zeros = c.new_zeros(coordinates)
-        state = (c.new_zeros(coordinates, self.config.hidden_size),) * 2  # first layer's (h, c)
-        i, f = zeros, zeros
+        i = f = c.new_zeros(coordinates)
+        h = cell = c.new_zeros(self.config.hidden_size, coordinates)  # the first layer's state
         for _ in range(steps):
             gradient, loss = self.support_gradients(self.unflatten(c), support_x, support_y)
-            inputs = torch.cat([preprocess(gradient),
-                                preprocess(loss)[:, None, :].expand(-1, c.shape[1], -1)], -1)
-            state = self.lstm(inputs.reshape(coordinates, 4), state)
-            c, i, f = self.cell(state[0], c.reshape(-1), gradient.reshape(-1), i, f)
+            inputs = torch.cat([preprocess(gradient, dim=0),  # [4, B, P]
+                                preprocess(loss, dim=0)[:, :, None].expand(-1, -1, c.shape[1])])
+            h, cell = lstm_cell(self.lstm, inputs.view(4, coordinates), h, cell)
+            c, i, f = self.cell(h, c.reshape(-1), gradient.view(-1), i, f)
             c = c.view(n_tasks, -1)
         return self.unflatten(c)
 

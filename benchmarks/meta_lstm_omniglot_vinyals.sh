@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The LSTM meta-learner (Ravi & Larochelle 2017) on Omniglot, the published Vinyals split (train
+# 1028 characters x 4 rotations, validation 172 x 4 selecting the checkpoint, test 423 x 4 = 1692
+# classes), 28x28; the learner a 4-block conv net of 32 filters, batch norm per episode, T = 5
+# updates. One model per setting, 5-way 1-shot and 5-way 5-shot, each trained with its own shot
+# (15 queries per class, meta-batch 4, Adam 1e-3) for at most BUDGET seconds (default 7200), JOBS
+# (default 2) side by side on THREADS (default 2) cores; MODELS (default "5w1s 5w5s") picks them.
+# Each model is scored on 1000 test episodes of its setting (15 queries, seeded EVAL_SEED, default
+# 123): one `kshot eval --json` line each. With MAML=DIR (the maml_omniglot_vinyals.sh output
+# folder), one `kshot compare --json` per setting sets the LSTM meta-learner beside MAML's model
+# of that setting on the same episodes (table on stderr). Another EVAL_SEED re-scores.
+# usage: [MAML=DIR] bash benchmarks/meta_lstm_omniglot_vinyals.sh OUT
+set -euo pipefail
+out=${1:?usage: bash benchmarks/meta_lstm_omniglot_vinyals.sh OUT}
+source "$(dirname "$0")/common.sh"
+budget=${BUDGET:-7200}
+models=${MODELS:-"5w1s 5w5s"}
+common=(--dataset omniglot --split vinyals --image-size 28 --seed 0 --threads "$per_job"
+        --episodes 400000 --time-budget "$budget")
+RUNS=()
+for model in $models; do
+  shots=${model##*w}; shots=${shots%s}
+  RUNS+=("$out/$model|meta-lstm ${common[*]} --ways 5 --shots $shots")
+done
+train_queues "$jobs"
+[ -n "${TRAIN_ONLY:-}" ] && exit 0
+for model in $models; do
+  shots=${model##*w}; shots=${shots%s}
+  run_summary "$out/$model"
+  if [ -n "${MAML:-}" ] && [ -d "$MAML/$model" ]; then
+    kshot compare "$out/$model" "$MAML/$model" --ways 5 --shots "$shots" --queries 15 \
+      --episodes 1000 --seed "$seed" --threads "$threads" --json
+  else
+    kshot eval "$out/$model" --ways 5 --shots "$shots" --queries 15 --episodes 1000 \
+      --seed "$seed" --threads "$threads" --json
+  fi
+done
