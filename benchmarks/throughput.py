@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--meta-batch", type=int, default=1)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="training arithmetic (TrainConfig.precision)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--memory-check", type=int, default=0, metavar="N",
                         help="maml: also train to N meta-iterations, peak memory after 100 and N")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
@@ -66,42 +67,48 @@ def main() -> None:
         warmup = Trainer(learner, TrainConfig(episodes=2 * meta_batch, ways=5, shots=1,
                                               queries=queries, meta_batch=meta_batch,
                                               val_episodes=0, precision=args.precision),
-                         run_dir + "/w", train_data,
+                         run_dir + "/w", train_data, device=args.device,
                          progress=False)
         warmup.fit()
-        trainer = Trainer(learner, config, run_dir + "/t", train_data, progress=False)
+        trainer = Trainer(learner, config, run_dir + "/t", train_data, device=args.device,
+                          progress=False)
         started = time.perf_counter()
         trainer.fit()
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
         train_seconds = time.perf_counter() - started
         if args.memory_check:
             memory = memory_check(learner, train_data, queries, meta_batch, args.memory_check,
-                                  run_dir + "/m")
+                                  run_dir + "/m", args.device)
     eval_seed = int(os.environ.get("EVAL_SEED", "123"))
     sampler = EpisodeSampler(test_data, 5, 1, 15, seed=eval_seed)
-    report = evaluate(learner, sampler, args.eval_episodes)
+    report = evaluate(learner, sampler, args.eval_episodes, device=args.device)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({
         "library": "kshot", "method": args.method, **options, "compile": args.compile, "precision": args.precision, "torch": torch.__version__,
         "train_episodes_per_s": round(iterations / train_seconds, 2),
         "eval_episodes_per_s": round(report.episodes_per_second, 2),
         "peak_rss_mb": round(peak_rss_mb, 1),
-        "threads": args.threads, "meta_batch": args.meta_batch, "eval_seed": eval_seed,
+        "threads": args.threads, "meta_batch": meta_batch, "device": args.device, "eval_seed": eval_seed,
         "eval_accuracy_untrained_check": round(report.accuracy * 100, 2), **memory,
     }))
 
 
 def memory_check(learner, train_data, queries: int, meta_batch: int, iterations: int,
-                 run_dir: str) -> dict[str, float]:
-    """Peak resident memory (MB) after 100 and after ``iterations`` training steps."""
+                 run_dir: str, device: str = "cpu") -> dict[str, float]:
+    """Peak resident memory (MB) after 100 and after ``iterations`` training steps (and on a GPU
+    the peak of its allocated memory)."""
     peaks = {}
     for steps in (100, iterations):
         config = TrainConfig(episodes=steps * meta_batch, ways=5, shots=1, queries=queries,
                              meta_batch=meta_batch, val_episodes=0, log_every=10**9,
                              schedule="constant", checkpoint_every_s=10**9)
-        trainer = Trainer(learner, config, run_dir, train_data, progress=False)
+        trainer = Trainer(learner, config, run_dir, train_data, device=device, progress=False)
         trainer.fit(resume=True)  # continues from the 100 steps to ``iterations``
         peaks[f"peak_rss_mb_after_{steps}"] = round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        if device.startswith("cuda"):
+            peaks[f"peak_gpu_mb_after_{steps}"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return peaks
 
 

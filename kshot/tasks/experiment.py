@@ -49,7 +49,8 @@ def train_task_run(run_dir: str | Path, method: str, family: TaskFamily, train_c
                    device: str = "cpu") -> dict[str, Any]:
     """Train ``method`` on ``family`` into ``run_dir``; resume it if it was interrupted, leave it
     as it is if it is finished. A run directory holding another method, family or configuration
-    is refused (choose another directory). Returns the run's ``last.json`` metadata."""
+    is refused (choose another directory); only the time budget may differ (a resumed run keeps
+    the one it was started with). Returns the run's ``last.json`` metadata."""
     run_dir = Path(run_dir)
     record = family_record(family)
     cls = get_method(method)
@@ -59,11 +60,12 @@ def train_task_run(run_dir: str | Path, method: str, family: TaskFamily, train_c
     if (run_dir / "config.json").is_file():
         stored = read_run_config(run_dir)
         for key in ("method", "method_config", "train_config", "data"):
-            if json.loads(json.dumps(stored.get(key))) != json.loads(json.dumps(wanted[key])):
+            if _comparable(stored.get(key)) != _comparable(wanted[key]):
                 raise KShotError(f"{run_dir} holds a run with another {key.replace('_', ' ')}; "
                                  "choose another --out directory (or delete it to retrain)")
         if is_finished(run_dir):
             return json.loads((run_dir / "last.json").read_text())
+        train_config = config_from_dict(TrainConfig, stored["train_config"])
     torch.manual_seed(train_config.seed)
     learner = build_learner(method, config, family.item_shape)
     trainer = Trainer(learner, train_config, run_dir, family, family, device=device,
@@ -72,6 +74,14 @@ def train_task_run(run_dir: str | Path, method: str, family: TaskFamily, train_c
     if not resume:
         write_run_config(run_dir, wanted)
     return trainer.fit(resume=resume)
+
+
+def _comparable(record: Any) -> Any:
+    """A config record as JSON sees it, without the time budget (which a rerun may change)."""
+    record = json.loads(json.dumps(record))
+    if isinstance(record, dict):
+        record.pop("time_budget", None)
+    return record
 
 
 @dataclass
