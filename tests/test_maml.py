@@ -572,7 +572,6 @@ def _mse(learner: MAML, steps: int) -> float:
     return evaluate(learner, SinusoidTasks("finn").sampler(10, 10, seed=12345), 300).mean
 
 
-@pytest.mark.slow
 def test_maml_learns_sinusoids_and_beats_the_pretrained_baseline(tmp_path) -> None:
     """Finn et al.'s sinusoid setting (10-shot, meta-batch 25, Adam 1e-3), 1500 steps (about 10 s
     on one core); scored on 300 tasks of another seed. Measured: MAML 2.97 before adaptation, 0.42
@@ -594,7 +593,6 @@ TRAINING_EPISODES = 2000  # 500 steps of 4 episodes: about 25 s on one core
 TIME_CAP = 90  # seconds; only a guard against a very slow machine (fewer steps, a lower score)
 
 
-@pytest.mark.slow
 def test_first_order_maml_learns_unseen_omniglot_alphabets(shared_data, tmp_path,
                                                            monkeypatch) -> None:
     """5-way 1-shot first-order MAML, Conv4 with 16 filters, meta-batch 4, Adam 5e-3, 500 steps

@@ -252,7 +252,6 @@ TRAINING_EPISODES = 240
 TRAINING_SECONDS = 40  # a cap: 240 episodes take about 20-30 s on one busy core
 
 
-@pytest.mark.slow
 def test_meta_lstm_learns_omniglot(shared_data, tmp_path) -> None:
     """5-way 1-shot on Omniglot's (unrotated) training characters, scored on the test characters;
     a small learner (16 filters) so the run fits a test."""
