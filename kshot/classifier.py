@@ -87,13 +87,14 @@ class FewShotClassifier:
         self._support_x, self._support_y = support_x, support_y
         return self
 
-    @torch.inference_mode()
     def decision_function(self, images: Any) -> torch.Tensor:
-        """Logits ``[n_queries, n_classes]`` (columns in the order of ``classes_``)."""
+        """Logits ``[n_queries, n_classes]`` (columns in the order of ``classes_``); a learner that
+        adapts at test (MAML) takes its gradient steps with autograd, others run in inference mode."""
         if self._support_x is None:
             raise KShotError("call fit(support_images, labels) before predicting")
         query_x = self._as_items(images, "images")
-        return self.learner(self._support_x, self._support_y, query_x).cpu()
+        with torch.inference_mode(not self.learner.adapts_at_test), torch.no_grad():
+            return self.learner(self._support_x, self._support_y, query_x).cpu()
 
     def predict_proba(self, images: Any) -> np.ndarray:
         return torch.softmax(self.decision_function(images), -1).numpy()
