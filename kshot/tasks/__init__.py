@@ -3,12 +3,16 @@
 A family (sinusoid regression, the copy task) gives a :class:`~kshot.tasks.base.TaskSampler` with
 the shape of :class:`~kshot.data.episodes.EpisodeSampler`: task ``i`` is a pure function of
 ``(seed, i)``, ``batch(indices)`` stacks tasks along a leading dimension as an
-:class:`~kshot.data.episodes.Episode`, and the one Trainer and the one evaluator use it unchanged.
+:class:`~kshot.data.episodes.Episode`, and the one Trainer and the one evaluator use it unchanged. The copy task of the Neural Turing Machine
+(:mod:`kshot.tasks.copy`) has sequences rather than support and query sets: its sampler has the
+same pure-function contract and its own batch type.
 """
 
 from kshot.tasks.base import TaskFamily, TaskSampler
+from kshot.tasks.copy import EVAL_LENGTHS, CopyBatch, CopyTask, copy_loss
 from kshot.tasks.sinusoid import SinusoidTasks
 
 FAMILIES = {"sinusoid": SinusoidTasks}
 
-__all__ = ["FAMILIES", "SinusoidTasks", "TaskFamily", "TaskSampler"]
+__all__ = ["EVAL_LENGTHS", "FAMILIES", "CopyBatch", "CopyTask", "SinusoidTasks", "TaskFamily",
+           "TaskSampler", "copy_loss"]

@@ -1,0 +1,236 @@
+"""Neural Turing Machine (Graves, Wayne & Danihelka 2014) and the LSTM baseline of its copy task.
+
+An NTM is a controller network (an LSTM or a feed-forward layer) coupled to a memory of ``N`` rows
+of width ``M`` through differentiable read and write heads: at each step the controller sees the
+input and the previous reads, and emits the parameters of each head, which address the memory by
+content and by location (:mod:`kshot.nn.memory`, the paper's eqs. 2–9); the output is a linear map
+of the controller output and the new reads. Trained end to end by gradient descent, it learns
+algorithms such as copying a sequence, and copies sequences longer than it was trained on.
+
+These models map a sequence to a sequence (``forward(inputs [B, T, in]) -> (logits [B, T, out],
+trace)``) and are trained on :mod:`kshot.tasks.copy`, not on episodes: they are not registered as
+learners. ``copy_loss`` (also ``loss``) gives the sigmoid cross-entropy over the output phase and
+the bits-per-sequence metric.
+
+Parameter counts at the defaults on the 8-bit copy task (input 9, output 8): the NTM with an LSTM
+controller has 65,496 (LSTM controller 52,400; read head 2,626; write head 6,666; output 968;
+learned initial memory 2,560, reads 20 and weightings 256; the paper's: 67,561), with a
+feed-forward controller 16,096; the LSTM baseline (3 layers of 56 units) 66,536 (3 × 256 units,
+the paper's baseline, would have 1,328,136 here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from kshot.config import AT_LEAST_ONE, NON_NEGATIVE, check_choice, check_ranges
+from kshot.errors import KShotError
+from kshot.nn.memory import HeadProjection, address, read, write
+from kshot.tasks.copy import CopyBatch, copy_loss
+
+CONTROLLERS = ("lstm", "feedforward")
+MEMORY_INITS = ("learned", "constant")
+CONSTANT_MEMORY = 1e-6
+"""The value every memory cell starts from with ``memory_init = "constant"``."""
+
+
+@dataclass
+class NTMConfig:
+    controller: str = "lstm"
+    """Controller network: lstm (one LSTM layer) or feedforward (one tanh layer)."""
+    controller_size: int = 100
+    """Units of the controller (the paper's copy task: 100)."""
+    memory_slots: int = 128
+    """Memory rows N (the paper: 128)."""
+    memory_width: int = 20
+    """Width M of a memory row (the paper: 20)."""
+    read_heads: int = 1
+    """Read heads (the paper's copy task: 1)."""
+    write_heads: int = 1
+    """Write heads (the paper's copy task: 1)."""
+    shift_range: int = 1
+    """Largest shift R of a head: it shifts by an offset in -R .. R (the paper: 1)."""
+    memory_init: str = "learned"
+    """Memory at the start of each sequence: learned (one trained matrix N × M) or constant
+    (every cell 1e-6)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, controller_size=AT_LEAST_ONE, memory_slots=AT_LEAST_ONE,
+                     memory_width=AT_LEAST_ONE, read_heads=AT_LEAST_ONE,
+                     write_heads=AT_LEAST_ONE, shift_range=NON_NEGATIVE)
+        check_choice(self, "controller", CONTROLLERS)
+        check_choice(self, "memory_init", MEMORY_INITS)
+
+
+class NTMState(NamedTuple):
+    """What an NTM carries from one step to the next (``B`` sequences)."""
+
+    memory: torch.Tensor  # [B, N, M]
+    reads: torch.Tensor  # [B, R, M]: the read vectors of the last step
+    read_weights: torch.Tensor  # [B, R, N]
+    write_weights: torch.Tensor  # [B, W, N]
+    controller: tuple[torch.Tensor, torch.Tensor] | None  # LSTM (h, c) [B, C] each; None: ff
+
+
+@dataclass
+class NTMTrace:
+    """The weightings of a run over time, for the book's picture of the copy task:
+    ``read_weights [B, T, R, N]`` and ``write_weights [B, T, W, N]``; :attr:`read` and
+    :attr:`write` are those of the first head, ``[B, T, N]``."""
+
+    read_weights: torch.Tensor
+    write_weights: torch.Tensor
+
+    @property
+    def read(self) -> torch.Tensor:
+        return self.read_weights[:, :, 0]
+
+    @property
+    def write(self) -> torch.Tensor:
+        return self.write_weights[:, :, 0]
+
+
+class CopyModel(nn.Module):
+    """What the NTM and the LSTM baseline share: a sequence model with ``input_size`` inputs and
+    ``output_size`` logits per step, trained on the copy task."""
+
+    metric = "bits_per_sequence"
+    higher_is_better = False
+
+    def __init__(self, input_size: int, output_size: int) -> None:
+        super().__init__()
+        for label, value in (("input_size", input_size), ("output_size", output_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise KShotError(f"{type(self).__name__} {label} must be an integer >= 1, got "
+                                 f"{value!r}")
+        self.input_size = input_size
+        self.output_size = output_size
+
+    def check_inputs(self, inputs: torch.Tensor) -> None:
+        if inputs.ndim != 3 or inputs.shape[-1] != self.input_size:
+            raise KShotError(f"{type(self).__name__} was built for inputs [batch, steps, "
+                             f"{self.input_size}], got {tuple(inputs.shape)}; build it with "
+                             "input_size = the task's bit width + 1 (the delimiter channel)")
+
+    def copy_loss(self, batch: CopyBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Sigmoid cross-entropy over the output phase and ``bits_per_sequence`` of a batch."""
+        outputs, _ = self(batch.inputs)
+        return copy_loss(outputs, batch)
+
+    loss = copy_loss
+
+
+class NTM(CopyModel):
+    """A Neural Turing Machine: ``forward(inputs [B, T, input_size]) -> (logits [B, T,
+    output_size], NTMTrace)``. Each step writes with the write heads, then reads with the read
+    heads (a read can see this step's write)."""
+
+    def __init__(self, config: NTMConfig, input_size: int, output_size: int) -> None:
+        super().__init__(input_size, output_size)
+        self.config = config
+        c = config
+        read_size = c.read_heads * c.memory_width
+        if c.controller == "lstm":
+            self.controller = nn.LSTMCell(input_size + read_size, c.controller_size)
+        else:
+            self.controller = nn.Sequential(nn.Linear(input_size + read_size, c.controller_size),
+                                            nn.Tanh())
+        self.read_projection = HeadProjection(c.controller_size, c.read_heads, c.memory_width,
+                                              c.shift_range, write=False)
+        self.write_projection = HeadProjection(c.controller_size, c.write_heads, c.memory_width,
+                                               c.shift_range, write=True)
+        self.output = nn.Linear(c.controller_size + read_size, output_size)
+        bound = (c.memory_slots + c.memory_width) ** -0.5
+        initial = torch.empty(c.memory_slots, c.memory_width).uniform_(-bound, bound)
+        if c.memory_init == "learned":
+            self.initial_memory = nn.Parameter(initial)  # [N, M]
+        else:
+            self.register_buffer("initial_memory", torch.full_like(initial, CONSTANT_MEMORY))
+        self.initial_reads = nn.Parameter(0.01 * torch.randn(c.read_heads, c.memory_width))
+        # weightings start as a softmax of learned logits (uniform at initialisation)
+        self.initial_read_logits = nn.Parameter(torch.zeros(c.read_heads, c.memory_slots))
+        self.initial_write_logits = nn.Parameter(torch.zeros(c.write_heads, c.memory_slots))
+
+    def initial_state(self, batch_size: int) -> NTMState:
+        """The state every sequence starts from (memory, reads and weightings as learned)."""
+        def expand(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.unsqueeze(0).expand(batch_size, *tensor.shape)
+
+        controller = None
+        if self.config.controller == "lstm":
+            zeros = self.initial_reads.new_zeros(batch_size, self.config.controller_size)
+            controller = (zeros, zeros)
+        return NTMState(memory=expand(self.initial_memory), reads=expand(self.initial_reads),
+                        read_weights=expand(torch.softmax(self.initial_read_logits, -1)),
+                        write_weights=expand(torch.softmax(self.initial_write_logits, -1)),
+                        controller=controller)
+
+    def memory_step(self, controller_output: torch.Tensor, state: NTMState) -> NTMState:
+        """Address, write, then read the memory from ``controller_output [B, C]``; the returned
+        state keeps ``state.controller``."""
+        writing = self.write_projection(controller_output)
+        write_weights = address(writing, state.memory, state.write_weights)  # [B, W, N]
+        memory = write(state.memory, write_weights, writing.erase, writing.add)  # [B, N, M]
+        reading = self.read_projection(controller_output)
+        read_weights = address(reading, memory, state.read_weights)  # [B, R, N]
+        return NTMState(memory, read(memory, read_weights), read_weights, write_weights,
+                        state.controller)
+
+    def step(self, inputs: torch.Tensor, state: NTMState) -> tuple[torch.Tensor, NTMState]:
+        """One time step: ``inputs [B, input_size]`` -> ``(logits [B, output_size], state)``."""
+        controller_input = torch.cat([inputs, state.reads.flatten(1)], -1)
+        if state.controller is not None:
+            hidden, cell = self.controller(controller_input, state.controller)
+            controller_state = (hidden, cell)
+        else:
+            hidden, controller_state = self.controller(controller_input), None
+        state = self.memory_step(hidden, state._replace(controller=controller_state))
+        return self.output(torch.cat([hidden, state.reads.flatten(1)], -1)), state
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, NTMTrace]:
+        self.check_inputs(inputs)
+        state = self.initial_state(inputs.shape[0])
+        outputs, read_weights, write_weights = [], [], []
+        for t in range(inputs.shape[1]):
+            output, state = self.step(inputs[:, t], state)
+            outputs.append(output)
+            read_weights.append(state.read_weights)
+            write_weights.append(state.write_weights)
+        trace = NTMTrace(torch.stack(read_weights, 1), torch.stack(write_weights, 1))
+        return torch.stack(outputs, 1), trace  # [B, T, output_size]
+
+
+@dataclass
+class LSTMBaselineConfig:
+    hidden_size: int = 56
+    """Units of each LSTM layer (56: about the NTM's parameter count on the 8-bit copy task)."""
+    layers: int = 3
+    """Stacked LSTM layers (the paper's baseline: 3)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, hidden_size=AT_LEAST_ONE, layers=AT_LEAST_ONE)
+
+
+class LSTMBaseline(CopyModel):
+    """The copy task's baseline: stacked LSTM layers and a linear output; ``forward(inputs [B, T,
+    input_size]) -> (logits [B, T, output_size], None)`` (no memory to trace)."""
+
+    def __init__(self, config: LSTMBaselineConfig, input_size: int, output_size: int) -> None:
+        super().__init__(input_size, output_size)
+        self.config = config
+        self.lstm = nn.LSTM(input_size, config.hidden_size, config.layers, batch_first=True)
+        self.output = nn.Linear(config.hidden_size, output_size)
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, None]:
+        self.check_inputs(inputs)
+        hidden, _ = self.lstm(inputs)  # [B, T, hidden_size]
+        return self.output(hidden), None
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Trainable parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
