@@ -8,13 +8,14 @@
 # the folder of sinusoid_maml.sh: its MAML runs (OUT/finn-kK/maml) are reused when they are there.
 # Scored on the same 1000 fresh tasks (EVAL_SEED, default 123) after 0, 1, 5, 10 steps: one JSON
 # line per (model, K, steps); pictures OUT/finn-kK/sinusoid-daml*.png. Another EVAL_SEED re-scores.
+# SHOTS (default "5 10") and OBSERVATIONS (default "shifted none") pick the models.
 # usage: bash benchmarks/sinusoid_daml.sh OUT
 set -euo pipefail
 out=${1:?usage: bash benchmarks/sinusoid_daml.sh OUT}
 source "$(dirname "$0")/common.sh"
 budget=${BUDGET:-7200}
-for shots in 5 10; do
-  for observation in shifted none; do
+for shots in ${SHOTS:-5 10}; do
+  for observation in ${OBSERVATIONS:-shifted none}; do
     baseline=(); [ "$observation" = none ] && baseline=(--no-baseline)
     kshot sinusoid daml --out "$out/finn-k$shots" --family finn --shots "$shots" \
       --observation "$observation" "${baseline[@]}" --iterations 70000 --time-budget "$budget" \
