@@ -86,6 +86,9 @@ class TrainConfig:
     """fp32, or bf16: mixed precision (convolutions and matrix products in bfloat16 under
     torch.autocast, weights, optimiser and losses in float32); about 1.7× faster Conv4 training
     on CPUs with AMX or AVX-512 BF16, slower on CPUs without them."""
+    grad_clip: float = 0.0
+    """Rescale the gradient of each step so that its global norm is at most this (0: no clipping;
+    sequence models with memory, such as the NTM, train with it, as Graves et al. do)."""
     augment: str = "none"
     """Batch augmentation of training episodes: none, or affine (Koch et al.'s random rotation,
     shear, scale and translation, drawn per image, applied to the whole batch at once)."""
@@ -104,7 +107,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_ranges(self, episodes=NON_NEGATIVE, ways=AT_LEAST_ONE, shots=AT_LEAST_ONE,
                      queries=NON_NEGATIVE, meta_batch=AT_LEAST_ONE, lr=POSITIVE,
-                     weight_decay=NON_NEGATIVE, decay_every=AT_LEAST_ONE,
+                     weight_decay=NON_NEGATIVE, grad_clip=NON_NEGATIVE, decay_every=AT_LEAST_ONE,
                      lr_decay=Range(0, 1, low_open=True), val_every=AT_LEAST_ONE,
                      val_episodes=NON_NEGATIVE, val_ways=AT_LEAST_ONE, val_shots=AT_LEAST_ONE,
                      val_queries=AT_LEAST_ONE, time_budget=NON_NEGATIVE,
@@ -316,6 +319,11 @@ class Trainer:
             uncompile_backbone(self.learner)
             self._compiled = False
             metrics = self._backward(batch)
+        if self.config.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(
+                [p for group in self.optimizer.param_groups for p in group["params"]],
+                self.config.grad_clip)
+            metrics = {**metrics, "grad_norm": float(norm)}
         self.optimizer.step()
         return metrics
 

@@ -474,3 +474,34 @@ def test_knn_fit_records_model(tmp_path: Path, train_data, val_data) -> None:
     assert summary["finished"] and summary["step"] == 0
     assert json.loads((tmp_path / "last.json").read_text())["method"] == "knn"
     assert (tmp_path / "best.safetensors").is_file()
+
+
+def test_grad_clip_bounds_the_step_gradient(tmp_path: Path, train_data) -> None:
+    """With grad_clip the optimiser sees a gradient of global norm <= the bound, the metrics log
+    the norm before clipping, and without it the gradient is left alone."""
+    seen = {}
+    for clip in (0.0, 1e-3):
+        trainer = _trainer(tmp_path / str(clip), train_data, None, episodes=2, log_every=1,
+                           grad_clip=clip)
+        norms = []
+        step = trainer.optimizer.step
+
+        def recording_step(*args, step=step, norms=norms, trainer=trainer, **kwargs):
+            grads = [p.grad for p in trainer.learner.parameters() if p.grad is not None]
+            norms.append(float(torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(g) for g in grads]))))
+            return step(*args, **kwargs)
+
+        trainer.optimizer.step = recording_step
+        trainer.fit()
+        seen[clip] = (norms, [r.get("grad_norm") for r in _metrics(tmp_path / str(clip))])
+    unclipped, logged = seen[0.0]
+    assert min(unclipped) > 1e-2 and logged == [None, None]
+    clipped, logged = seen[1e-3]
+    assert max(clipped) == pytest.approx(1e-3, rel=1e-4)
+    assert logged[0] == pytest.approx(unclipped[0], rel=1e-4)  # same start, same first gradient
+
+
+def test_grad_clip_must_not_be_negative() -> None:
+    with pytest.raises(KShotError, match="--grad-clip must be >= 0"):
+        _config(grad_clip=-1.0)
