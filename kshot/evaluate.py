@@ -176,9 +176,10 @@ def resolve_test_set(data: dict[str, Any], dataset: str | None = None,
     from kshot.tasks import FAMILIES
 
     if data["dataset"] in FAMILIES:
+        command = getattr(FAMILIES[data["dataset"]], "command", data["dataset"])
         raise KShotError(f"this is a {data['dataset']} run (a task family, not classes): it cannot "
                          f"be scored on {dataset or 'class'} episodes; score it with `kshot "
-                         f"{data['dataset']}` on its own tasks")
+                         f"{command}` on its own tasks")
     dataset = dataset or data["dataset"]
     split = split or (data["split"] if dataset == data["dataset"] else None) or \
         DEFAULT_SPLITS.get(dataset)

@@ -244,3 +244,39 @@ def plot_sinusoid(path: str | os.PathLike, grid: np.ndarray, truth: np.ndarray,
         figure.suptitle(title)
     figure.tight_layout()
     return save_figure_atomically(figure, path)
+
+
+def plot_copy(path: str | os.PathLike, panels: dict[str, dict[str, np.ndarray]],
+              title: str = "") -> Path:
+    """The book's copy-task picture: for each model, the target sequence against the model's output
+    (bits over time), and for a model with memory the write and read weightings over time (memory
+    slots against steps). ``panels`` maps a model's name to ``{"target", "output"[, "write",
+    "read"]}`` arrays (``[T, bits]`` and ``[steps, slots]``)."""
+    rows = sum(2 if "write" in panel else 1 for panel in panels.values())
+    figure = Figure(figsize=(9, 2.4 * rows))
+    row = 0
+    for name, panel in panels.items():
+        row += 1
+        for column, key in enumerate(("target", "output")):
+            axes = figure.add_subplot(rows, 2, 2 * (row - 1) + column + 1)
+            axes.imshow(panel[key].T, cmap="gray_r", vmin=0, vmax=1, aspect="auto",
+                        interpolation="nearest")
+            axes.set_title(f"{name}: {key}", fontsize=9)
+            axes.set_xlabel("step of the output phase", fontsize=8)
+            axes.set_ylabel("bit", fontsize=8)
+        if "write" in panel:
+            row += 1
+            slots = np.nonzero((panel["write"].max(0) > 0.05) | (panel["read"].max(0) > 0.05))[0]
+            low, high = (int(slots.min()), int(slots.max()) + 1) if len(slots) else (0, 1)
+            for column, key in enumerate(("write", "read")):
+                axes = figure.add_subplot(rows, 2, 2 * (row - 1) + column + 1)
+                axes.imshow(panel[key][:, low:high].T, cmap="gray_r", vmin=0, vmax=1,
+                            aspect="auto", interpolation="nearest",
+                            extent=(-0.5, panel[key].shape[0] - 0.5, high - 0.5, low - 0.5))
+                axes.set_title(f"{name}: {key} weighting", fontsize=9)
+                axes.set_xlabel("step (input, delimiter, output)", fontsize=8)
+                axes.set_ylabel("memory slot", fontsize=8)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return save_figure_atomically(figure, path)

@@ -4,10 +4,15 @@ and a small learning test of the NTM."""
 
 from __future__ import annotations
 
-import time
+import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
+
+from kshot.cli import main
+from kshot.data.episodes import Episode
 
 from kshot.errors import KShotError
 from kshot.methods.ntm import (
@@ -26,6 +31,8 @@ from kshot.tasks.copy import (
     copy_batch,
     copy_loss,
 )
+from kshot.tasks.experiment import score_copy_run, train_task_run
+from kshot.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -121,10 +128,10 @@ def test_bad_batches_and_inputs():
         copy_batch([torch.zeros(4, 2), torch.zeros(4, 3)])
     with pytest.raises(KShotError, match="same length"):
         copy_batch([torch.zeros(4, 2), torch.zeros(5, 2)])
-    ntm = NTM(NTMConfig(controller_size=8, memory_slots=4, memory_width=3), 5, 4)
+    ntm = NTM(NTMConfig(controller_size=8, memory_slots=4, memory_width=3), (5,))
     batch = CopyTask(width=6, min_length=2, max_length=2).batch(range(2))
     with pytest.raises(KShotError, match="built for inputs \\[batch, steps, 5\\], got \\(2, 5, 7\\)"):
-        ntm(batch.inputs)
+        ntm.sequence(batch.inputs)
     with pytest.raises(KShotError, match="outputs must be \\[batch, 5 steps, bits\\]"):
         copy_loss(torch.zeros(2, 4, 6), batch)
     with pytest.raises(KShotError, match="output size 6"):
@@ -139,57 +146,138 @@ def test_bad_batches_and_inputs():
 
 # ---------------------------------------------------------------------------- models
 def test_models_shapes_trace_and_documented_parameter_counts():
-    assert parameter_count(NTM(NTMConfig(), 9, 8)) == 65_496
-    assert parameter_count(NTM(NTMConfig(controller="feedforward"), 9, 8)) == 16_096
-    assert parameter_count(LSTMBaseline(LSTMBaselineConfig(), 9, 8)) == 66_536
+    assert parameter_count(NTM(NTMConfig(), (9,))) == 65_496
+    assert parameter_count(NTM(NTMConfig(controller="feedforward"), (9,))) == 16_096
+    assert parameter_count(LSTMBaseline(LSTMBaselineConfig(), (9,))) == 66_536
     config = NTMConfig(controller_size=8, memory_slots=6, memory_width=3, read_heads=2)
-    ntm = NTM(config, 5, 4)
+    ntm = NTM(config, (5,))
     batch = CopyTask(width=4, min_length=3, max_length=3).batch(range(2))
-    outputs, trace = ntm(batch.inputs)
+    outputs, trace = ntm.sequence(batch.inputs)
     assert outputs.shape == (2, 7, 4)
     assert trace.read_weights.shape == (2, 7, 2, 6) and trace.write_weights.shape == (2, 7, 1, 6)
     assert trace.read.shape == trace.write.shape == (2, 7, 6)
     assert torch.allclose(trace.read_weights.sum(-1), torch.ones(2, 7, 2), atol=1e-5)
     constant = NTM(NTMConfig(controller_size=8, memory_slots=6, memory_width=3,
-                             memory_init="constant"), 5, 4)
+                             memory_init="constant"), (5,))
     assert torch.equal(constant.initial_state(2).memory, torch.full((2, 6, 3), 1e-6))
     assert "initial_memory" not in dict(constant.named_parameters())
-    baseline = LSTMBaseline(LSTMBaselineConfig(hidden_size=8, layers=2), 5, 4)
-    logits, nothing = baseline(batch.inputs)
+    baseline = LSTMBaseline(LSTMBaselineConfig(hidden_size=8, layers=2), (5,))
+    logits, nothing = baseline.sequence(batch.inputs)
     assert logits.shape == (2, 7, 4) and nothing is None
     loss, metrics = baseline.copy_loss(batch)
     assert loss.requires_grad and set(metrics) == {"loss", "bits_per_sequence"}
     assert ntm.metric == "bits_per_sequence" and not ntm.higher_is_better
 
 
-def mean_bits_per_sequence(model: NTM, task: CopyTask, batches: int) -> float:
-    """Bits per sequence over ``batches`` batches of 16 (each its own length), no gradients."""
-    with torch.no_grad():
-        return sum(model.copy_loss(task.batch(range(16 * b, 16 * b + 16)))[1]["bits_per_sequence"]
-                   for b in range(batches)) / batches
-
-
-def test_ntm_learns_to_copy_short_sequences():
-    """An NTM with an LSTM controller, 16 × 8 memory, trained 400 steps of 16 copies of length
-    1–5 and width 4 (Adam 1e-3, gradient norm clipped at 10): bits per sequence on fresh
-    sequences fall from ~6.3 (chance: half of 4 × 3 bits) to ~3.4–3.6 (model seeds 0–2; ~9 s on
-    one thread), length 1 copied perfectly; the assertion asks for below 0.7 × chance."""
-    torch.manual_seed(0)
-    config = NTMConfig(controller="lstm", controller_size=32, memory_slots=16, memory_width=8)
-    ntm = NTM(config, input_size=5, output_size=4)
-    train = CopyTask(width=4, min_length=1, max_length=5, seed=0)
-    fresh = CopyTask(width=4, min_length=1, max_length=5, seed=1)
-    untrained = mean_bits_per_sequence(ntm, fresh, 20)
-    optimizer = torch.optim.Adam(ntm.parameters(), lr=1e-3)
-    started = time.perf_counter()
-    for step in range(400):
-        loss, _ = ntm.copy_loss(train.batch(range(16 * step, 16 * step + 16)))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(ntm.parameters(), 10.0)
-        optimizer.step()
-    seconds = time.perf_counter() - started
-    trained = mean_bits_per_sequence(ntm, fresh, 20)
-    print(f"NTM copy: bits per sequence {untrained:.2f} -> {trained:.2f} in {seconds:.1f} s")
+def test_ntm_learns_to_copy_short_sequences(tmp_path):
+    """An NTM with an LSTM controller, 16 × 8 memory, trained by the one Trainer on 400 steps of 16
+    copies of length 1–5 and width 4 (Adam 1e-3, gradient norm clipped at 10): bits per sequence
+    on fresh sequences fall from ~6.3 (chance: half of 4 × 3 bits) to ~3.5 (~10 s on one thread);
+    the assertion asks for below 0.7 × the untrained model's."""
+    task = CopyTask(width=4, min_length=1, max_length=5)
+    config = TrainConfig(episodes=6400, ways=1, shots=1, queries=1, meta_batch=16, lr=1e-3,
+                         schedule="constant", grad_clip=10.0, val_episodes=0, log_every=800)
+    method_config = {"controller_size": 32, "memory_slots": 16, "memory_width": 8}
+    untrained_dir = tmp_path / "untrained"
+    train_task_run(untrained_dir, "ntm", task, replace(config, episodes=16), method_config)
+    untrained = score_copy_run(untrained_dir, [None], 320, seed=1)[0].report.mean
+    summary = train_task_run(tmp_path / "ntm", "ntm", task, config, method_config)
+    trained = score_copy_run(tmp_path / "ntm", [None], 320, seed=1)[0].report.mean
+    print(f"NTM copy: bits per sequence {untrained:.2f} -> {trained:.2f} in "
+          f"{summary['elapsed_seconds']:.1f} s")
+    assert summary["finished"] and summary["episodes"] == 6400
     assert untrained > 5
     assert trained < 0.7 * untrained
+    logged = [json.loads(line) for line in (tmp_path / "ntm" / "metrics.jsonl").open()]
+    assert all(record["grad_norm"] > 0 for record in logged if record["kind"] == "train")
+
+
+# ---------------------------------------------------------------------------- kshot ntm copy
+SMALL = ["--width", "4", "--max-length", "3", "--sequences", "64", "--batch-size", "8",
+         "--val-every", "32", "--val-sequences", "8", "--controller-size", "8", "--memory-slots",
+         "8", "--memory-width", "4", "--hidden-size", "8", "--layers", "1", "--lengths", "5",
+         "--eval-sequences", "20", "--json", "--quiet", "--threads", "1"]
+
+
+def kshot(capsys, *argv) -> tuple[int, list[dict], str]:
+    try:
+        code = main([str(arg) for arg in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
+
+
+@pytest.fixture(scope="module")
+def copy_out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("copy")
+    assert main(["ntm", "copy", "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def test_kshot_ntm_copy_lines_runs_picture_and_reuse(copy_out, capsys):
+    code, lines, _ = kshot(capsys, "ntm", "copy", "--out", copy_out, *SMALL)
+    assert code == 0
+    assert [(line["method"], line["length"]) for line in lines] == [
+        ("ntm", "1-3"), ("ntm", 5), ("lstm", "1-3"), ("lstm", 5)]
+    for line in lines:
+        assert line["task"] == "copy" and line["sequences"] == 20 and line["seed"] == 123
+        assert line["run"] == str(copy_out / line["method"])
+        assert line["train_sequences"] == 64 and line["train_sequences_per_s"] > 0
+        # chance is half the bits: 4 bits × length / 2; an untrained model is near it
+        assert 0 <= line["bits_per_sequence"] <= 4 * (5 if line["length"] == 5 else 3)
+        assert line["ci95"] >= 0
+    for model in ("ntm", "lstm"):
+        run = copy_out / model
+        assert (run / "best.safetensors").is_file() and (run / "last.safetensors").is_file()
+        config = json.loads((run / "config.json").read_text())
+        assert config["data"] == {"dataset": "copy", "width": 4, "min_length": 1,
+                                  "max_length": 3, "item_shape": [5]}
+        assert config["train_config"]["grad_clip"] == 10.0
+        assert json.loads((run / "last.json").read_text())["metric"] == "bits_per_sequence"
+    assert (copy_out / "copy.png").stat().st_size > 10_000
+    # a finished run is reused: the same training record; another seed scores other sequences
+    code, again, _ = kshot(capsys, "ntm", "copy", "--out", copy_out, *SMALL, "--seed", "7")
+    assert code == 0 and [line["train_seconds"] for line in again] == [
+        line["train_seconds"] for line in lines]
+    assert [line["seed"] for line in again] == [7] * 4
+
+
+def test_kshot_ntm_copy_refusals(copy_out, capsys):
+    code, _, err = kshot(capsys, "ntm", "copy", "--out", copy_out, *SMALL[:-6], "--width", "5",
+                         "--json", "--quiet", "--threads", "1")
+    assert code == 2 and "another data" in err and len(err.strip().splitlines()) == 1
+    code, _, err = kshot(capsys, "ntm", "copy", "--out", copy_out / "x", *SMALL, "--lengths", "0")
+    assert code == 2 and "--lengths must be >= 1" in err
+    code, _, err = kshot(capsys, "ntm", "copy", "--out", copy_out / "x", *SMALL,
+                         "--memory-slots", "0")
+    assert code == 2 and "--memory-slots must be >= 1" in err
+    # a copy run is not scored on class episodes
+    code, _, err = kshot(capsys, "eval", copy_out / "ntm", "--dataset", "omniglot", "--episodes",
+                         "5")
+    assert code == 2 and "copy run" in err and "kshot ntm copy" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_copy_models_refuse_class_episodes():
+    ntm = NTM(NTMConfig(controller_size=8, memory_slots=4, memory_width=3), (5,))
+    with pytest.raises(KShotError, match="reads whole sequences, not support sets"):
+        ntm(torch.zeros(3, 5), torch.zeros(3, dtype=torch.long), torch.zeros(2, 4, 5))
+    episode = Episode(torch.zeros(3, 5), torch.zeros(3, dtype=torch.long), torch.zeros(2, 5),
+                      torch.zeros(2, dtype=torch.long), 3, 1)
+    with pytest.raises(KShotError, match="trains on copy batches"):
+        ntm.loss(episode)
+    with pytest.raises(KShotError, match="item shape must be \\(input width,\\)"):
+        NTM(NTMConfig(), (1, 28, 28))
+
+
+def test_copy_batch_is_an_episode_without_support():
+    batch = CopyTask(width=3, min_length=2, max_length=2).batch(range(4))
+    assert batch.support_x.shape == (4, 0, 4) and batch.support_y.shape == (4, 0)
+    assert batch.query_x is batch.inputs and batch.query_y is batch.targets
+    ntm = NTM(NTMConfig(controller_size=8, memory_slots=4, memory_width=3), (4,))
+    logits = ntm(batch.support_x, batch.support_y, batch.query_x)
+    torch.testing.assert_close(logits, ntm.sequence(batch.inputs)[0])
+    scores = ntm.episode_scores(logits, batch.query_y)
+    assert scores.shape == (4,)
+    torch.testing.assert_close(scores, bit_errors(batch.output_phase(logits), batch.targets))

@@ -235,7 +235,7 @@ def tiny_ntm(controller: str = "lstm", memory_init: str = "learned") -> NTM:
     config = NTMConfig(controller=controller, controller_size=5, memory_slots=4, memory_width=3,
                        memory_init=memory_init)
     torch.manual_seed(0)
-    return NTM(config, input_size=3, output_size=2).double()
+    return NTM(config, (3,)).double()
 
 
 def test_gradcheck_through_a_memory_step():
@@ -260,12 +260,12 @@ def test_gradcheck_through_a_memory_step():
 def test_gradcheck_through_a_short_sequence(controller, memory_init):
     ntm = tiny_ntm(controller, memory_init)
     inputs = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)  # [B, T=3, in]
-    assert torch.autograd.gradcheck(lambda x: ntm(x)[0], (inputs,))
+    assert torch.autograd.gradcheck(lambda x: ntm.sequence(x)[0], (inputs,))
 
 
 def test_every_parameter_gets_a_gradient():
     ntm = tiny_ntm()
-    outputs, _ = ntm(torch.randn(2, 4, 3, dtype=torch.float64))
+    outputs, _ = ntm.sequence(torch.randn(2, 4, 3, dtype=torch.float64))
     outputs.pow(2).sum().backward()
     for name, parameter in ntm.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name

@@ -4,8 +4,10 @@ from kshot.methods.base import METHODS, Learner, build_learner, get_method
 from kshot.methods.daml import DAML, DAMLConfig
 from kshot.methods.knn import KNN, KNNConfig
 from kshot.methods.maml import MAML, MAMLConfig, Pretrained
+from kshot.methods.mann import MANN, MANNConfig
 from kshot.methods.matching import MatchingConfig, MatchingNetwork
 from kshot.methods.meta_lstm import MetaLSTM, MetaLSTMConfig
+from kshot.methods.ntm import NTM, LSTMBaseline, LSTMBaselineConfig, NTMConfig
 from kshot.methods.protonet import ProtoNet, ProtoNetConfig
 from kshot.methods.siamese import Siamese, SiameseConfig
 
@@ -16,12 +18,18 @@ __all__ = [
            "METHODS",
            "DAMLConfig",
            "KNNConfig",
+           "LSTMBaseline",
+           "LSTMBaselineConfig",
            "Learner",
            "MAMLConfig",
+           "MANN",
+           "MANNConfig",
            "MatchingConfig",
            "MatchingNetwork",
            "MetaLSTM",
            "MetaLSTMConfig",
+           "NTM",
+           "NTMConfig",
            "Pretrained",
            "ProtoNet",
            "ProtoNetConfig",

@@ -7,10 +7,14 @@ content and by location (:mod:`kshot.nn.memory`, the paper's eqs. 2–9); the ou
 of the controller output and the new reads. Trained end to end by gradient descent, it learns
 algorithms such as copying a sequence, and copies sequences longer than it was trained on.
 
-These models map a sequence to a sequence (``forward(inputs [B, T, in]) -> (logits [B, T, out],
-trace)``) and are trained on :mod:`kshot.tasks.copy`, not on episodes: they are not registered as
-learners. ``copy_loss`` (also ``loss``) gives the sigmoid cross-entropy over the output phase and
-the bits-per-sequence metric.
+These models map a sequence to a sequence (``sequence(inputs [B, T, in]) -> (logits [B, T, out],
+trace)``). They are registered learners (``ntm``, ``lstm``) of the copy task (:mod:`kshot.tasks.copy`):
+a copy batch has the shape of an episode with no support set, the sequences being the queries, so
+the one Trainer trains them (with ``grad_clip``, as Graves et al.) and the one evaluator scores
+them: ``forward(support_x, support_y, query_x)`` is the logits of the sequences ``query_x``,
+``loss`` the sigmoid cross-entropy over the output phase, and the metric ``bits_per_sequence``
+(lower is better). The item shape is ``(input_size,)``; the outputs are ``input_size - 1`` (the
+copy task's bits: every input channel but the delimiter) unless the config's ``outputs`` says.
 
 Parameter counts at the defaults on the 8-bit copy task (input 9, output 8): the NTM with an LSTM
 controller has 65,496 (LSTM controller 52,400; read head 2,626; write head 6,666; output 968;
@@ -29,8 +33,9 @@ from torch import nn
 
 from kshot.config import AT_LEAST_ONE, NON_NEGATIVE, check_choice, check_ranges
 from kshot.errors import KShotError
+from kshot.methods.base import Learner, register
 from kshot.nn.memory import HeadProjection, address, read, write
-from kshot.tasks.copy import CopyBatch, copy_loss
+from kshot.tasks.copy import CopyBatch, bit_errors, copy_loss
 
 CONTROLLERS = ("lstm", "feedforward")
 MEMORY_INITS = ("learned", "constant")
@@ -57,11 +62,13 @@ class NTMConfig:
     memory_init: str = "learned"
     """Memory at the start of each sequence: learned (one trained matrix N × M) or constant
     (every cell 1e-6)."""
+    outputs: int = 0
+    """Outputs per step (0: the input width - 1, the copy task's bits)."""
 
     def __post_init__(self) -> None:
         check_ranges(self, controller_size=AT_LEAST_ONE, memory_slots=AT_LEAST_ONE,
                      memory_width=AT_LEAST_ONE, read_heads=AT_LEAST_ONE,
-                     write_heads=AT_LEAST_ONE, shift_range=NON_NEGATIVE)
+                     write_heads=AT_LEAST_ONE, shift_range=NON_NEGATIVE, outputs=NON_NEGATIVE)
         check_choice(self, "controller", CONTROLLERS)
         check_choice(self, "memory_init", MEMORY_INITS)
 
@@ -94,21 +101,19 @@ class NTMTrace:
         return self.write_weights[:, :, 0]
 
 
-class CopyModel(nn.Module):
-    """What the NTM and the LSTM baseline share: a sequence model with ``input_size`` inputs and
-    ``output_size`` logits per step, trained on the copy task."""
+class CopyModel(Learner):
+    """What the NTM and the LSTM baseline share: a sequence model with ``input_size`` inputs (the
+    item shape ``(input_size,)``) and ``output_size`` logits per step, a learner of the copy task."""
 
     metric = "bits_per_sequence"
-    higher_is_better = False
 
-    def __init__(self, input_size: int, output_size: int) -> None:
-        super().__init__()
-        for label, value in (("input_size", input_size), ("output_size", output_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise KShotError(f"{type(self).__name__} {label} must be an integer >= 1, got "
-                                 f"{value!r}")
-        self.input_size = input_size
-        self.output_size = output_size
+    def __init__(self, config, item_shape: tuple[int, ...]) -> None:
+        super().__init__(config, item_shape)
+        if len(self.item_shape) != 1 or self.item_shape[0] < 2:
+            raise KShotError(f"{self.name} reads sequences of vectors: its item shape must be "
+                             f"(input width,) with a width >= 2, got {self.item_shape}")
+        self.input_size = self.item_shape[0]
+        self.output_size = config.outputs or self.input_size - 1
 
     def check_inputs(self, inputs: torch.Tensor) -> None:
         if inputs.ndim != 3 or inputs.shape[-1] != self.input_size:
@@ -116,23 +121,46 @@ class CopyModel(nn.Module):
                              f"{self.input_size}], got {tuple(inputs.shape)}; build it with "
                              "input_size = the task's bit width + 1 (the delimiter channel)")
 
+    def sequence(self, inputs: torch.Tensor):
+        """``inputs [B, T, input_size]`` -> ``(logits [B, T, output_size], trace or None)``."""
+        raise NotImplementedError
+
+    def forward(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                query_x: torch.Tensor) -> torch.Tensor:
+        """The logits of the sequences ``query_x [B, T, input_size]`` (a copy batch has no support
+        set: ``support_x`` must be empty)."""
+        if support_x.numel():
+            raise KShotError(f"{self.name} reads whole sequences, not support sets: give it copy "
+                             "batches (kshot ntm copy), not class episodes")
+        return self.sequence(query_x)[0]
+
     def copy_loss(self, batch: CopyBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Sigmoid cross-entropy over the output phase and ``bits_per_sequence`` of a batch."""
-        outputs, _ = self(batch.inputs)
+        if not isinstance(batch, CopyBatch):
+            raise KShotError(f"{self.name} trains on copy batches (kshot ntm copy), not on "
+                             f"{type(batch).__name__}s of a class data set")
+        outputs, _ = self.sequence(batch.inputs)
         return copy_loss(outputs, batch)
 
     loss = copy_loss
 
+    def episode_scores(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Wrong bits of each sequence: ``outputs [B, 2T+1, bits]``, ``targets [B, T, bits]``."""
+        return bit_errors(outputs[:, -targets.shape[1]:], targets)
 
+
+@register
 class NTM(CopyModel):
-    """A Neural Turing Machine: ``forward(inputs [B, T, input_size]) -> (logits [B, T,
+    """A Neural Turing Machine: ``sequence(inputs [B, T, input_size]) -> (logits [B, T,
     output_size], NTMTrace)``. Each step writes with the write heads, then reads with the read
     heads (a read can see this step's write)."""
 
-    def __init__(self, config: NTMConfig, input_size: int, output_size: int) -> None:
-        super().__init__(input_size, output_size)
-        self.config = config
-        c = config
+    name = "ntm"
+    Config = NTMConfig
+
+    def __init__(self, config: NTMConfig, item_shape: tuple[int, ...]) -> None:
+        super().__init__(config, item_shape)
+        c, input_size, output_size = config, self.input_size, self.output_size
         read_size = c.read_heads * c.memory_width
         if c.controller == "lstm":
             self.controller = nn.LSTMCell(input_size + read_size, c.controller_size)
@@ -191,7 +219,7 @@ class NTM(CopyModel):
         state = self.memory_step(hidden, state._replace(controller=controller_state))
         return self.output(torch.cat([hidden, state.reads.flatten(1)], -1)), state
 
-    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, NTMTrace]:
+    def sequence(self, inputs: torch.Tensor) -> tuple[torch.Tensor, NTMTrace]:
         self.check_inputs(inputs)
         state = self.initial_state(inputs.shape[0])
         outputs, read_weights, write_weights = [], [], []
@@ -210,22 +238,27 @@ class LSTMBaselineConfig:
     """Units of each LSTM layer (56: about the NTM's parameter count on the 8-bit copy task)."""
     layers: int = 3
     """Stacked LSTM layers (the paper's baseline: 3)."""
+    outputs: int = 0
+    """Outputs per step (0: the input width - 1, the copy task's bits)."""
 
     def __post_init__(self) -> None:
-        check_ranges(self, hidden_size=AT_LEAST_ONE, layers=AT_LEAST_ONE)
+        check_ranges(self, hidden_size=AT_LEAST_ONE, layers=AT_LEAST_ONE, outputs=NON_NEGATIVE)
 
 
+@register
 class LSTMBaseline(CopyModel):
-    """The copy task's baseline: stacked LSTM layers and a linear output; ``forward(inputs [B, T,
+    """The copy task's baseline: stacked LSTM layers and a linear output; ``sequence(inputs [B, T,
     input_size]) -> (logits [B, T, output_size], None)`` (no memory to trace)."""
 
-    def __init__(self, config: LSTMBaselineConfig, input_size: int, output_size: int) -> None:
-        super().__init__(input_size, output_size)
-        self.config = config
-        self.lstm = nn.LSTM(input_size, config.hidden_size, config.layers, batch_first=True)
-        self.output = nn.Linear(config.hidden_size, output_size)
+    name = "lstm"
+    Config = LSTMBaselineConfig
 
-    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def __init__(self, config: LSTMBaselineConfig, item_shape: tuple[int, ...]) -> None:
+        super().__init__(config, item_shape)
+        self.lstm = nn.LSTM(self.input_size, config.hidden_size, config.layers, batch_first=True)
+        self.output = nn.Linear(config.hidden_size, self.output_size)
+
+    def sequence(self, inputs: torch.Tensor) -> tuple[torch.Tensor, None]:
         self.check_inputs(inputs)
         hidden, _ = self.lstm(inputs)  # [B, T, hidden_size]
         return self.output(hidden), None

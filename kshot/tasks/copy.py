@@ -14,7 +14,10 @@ sequence, averaged over the batch.
 
 :class:`CopyTask` is a task sampler like :class:`~kshot.tasks.base.TaskSampler`: sequence ``i`` is a
 pure function of ``(seed, i)`` (its own ``torch.Generator``), ``batch(indices)`` stacks sequences
-along a leading dimension. Lengths are drawn uniformly in ``[min_length, max_length]`` (1–20, the
+along a leading dimension. A :class:`CopyBatch` has the shape of an episode with no support set
+(``support_x`` empty, ``query_x`` the input sequences, ``query_y`` the target bits), so the one
+Trainer trains a copy model and the one evaluator scores it (the score of a sequence: its wrong
+bits). Lengths are drawn uniformly in ``[min_length, max_length]`` (1–20, the
 paper's training range) **once per batch**: every sequence of a batch has the length drawn by its
 first index, so that they stack into one tensor (and a batch is still a pure function of its
 indices: a resumed run sees the same batches). :meth:`CopyTask.fixed` gives the evaluation variant
@@ -49,6 +52,25 @@ class CopyBatch:
     inputs: torch.Tensor
     targets: torch.Tensor
     length: int
+    n_way: int = 1  # the episode view: one output per step, no classes
+    k_shot: int = 0  # no support set
+
+    # the episode view, for the Trainer and the evaluator: no support set, the sequences as queries
+    @property
+    def query_x(self) -> torch.Tensor:
+        return self.inputs
+
+    @property
+    def query_y(self) -> torch.Tensor:
+        return self.targets
+
+    @property
+    def support_x(self) -> torch.Tensor:
+        return self.inputs[:, :0]
+
+    @property
+    def support_y(self) -> torch.Tensor:
+        return self.targets.new_zeros(self.targets.shape[0], 0, dtype=torch.long)
 
     @property
     def width(self) -> int:
@@ -131,7 +153,11 @@ class CopyTask:
     function of ``(seed, i)`` and the batch's length."""
 
     name = "copy"
+    command = "ntm copy"  # the command that trains and scores its runs
     class_names: tuple[str, ...] = ()  # no classes: train and test differ by seed
+    n_way = 1  # the sampler's episode view (kshot.evaluate reads these): one sequence per task,
+    k_shot = 0  # no support set
+    n_query = 1
 
     def __init__(self, width: int = 8, min_length: int = 1, max_length: int = 20, seed: int = 0,
                  start: int = 0) -> None:
@@ -157,6 +183,24 @@ class CopyTask:
     @property
     def meta(self) -> dict[str, Any]:
         return {"namespace": self.name}
+
+    @property
+    def n_classes(self) -> int:
+        return 0
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """What one step of a sequence is: ``(width + 1,)`` inputs."""
+        return (self.input_size,)
+
+    def sampler(self, k_shot: int = 0, n_query: int = 1, seed: int = 0) -> CopyTask:
+        """The Trainer's view (``make_sampler``): the same task, seeded ``seed``; a sequence has no
+        shots or queries, so ``k_shot`` and ``n_query`` are ignored."""
+        return type(self)(self.width, self.min_length, self.max_length, seed)
+
+    def with_shuffle(self, shuffle: bool = True) -> CopyTask:
+        """The steps of a sequence are its order: nothing to shuffle."""
+        return self
 
     @property
     def input_size(self) -> int:

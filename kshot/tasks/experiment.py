@@ -1,5 +1,5 @@
 """Runs on a task family: train (or resume, or reuse) a run, and score it on fresh tasks after
-0, 1, 5, 10 … adaptation steps. ``kshot sinusoid`` is built from these; the copy task can be too.
+0, 1, 5, 10 … adaptation steps. ``kshot sinusoid`` and ``kshot ntm copy`` are built from these.
 
 A run on a task family is an ordinary run directory (``config.json``, checkpoints, metrics,
 ``classes.json`` with no classes): the one Trainer trains it, ``load_run`` loads it, the one
@@ -21,21 +21,27 @@ from kshot.errors import KShotError
 from kshot.evaluate import Report, evaluate
 from kshot.methods.base import build_learner, config_from_dict, config_to_dict, get_method
 from kshot.tasks.base import TaskFamily
+from kshot.tasks.copy import CopyTask
 from kshot.tasks.sinusoid import SinusoidTasks
 from kshot.train import TrainConfig, Trainer
 
 
-def family_from_record(data: dict[str, Any]) -> TaskFamily:
+def family_from_record(data: dict[str, Any]) -> TaskFamily | CopyTask:
     """The task family a run's ``data`` record names."""
-    if data.get("dataset") != "sinusoid":
-        raise KShotError(f"not a task-family run (data set {data.get('dataset')!r})")
-    return SinusoidTasks(data["family"], data.get("observation", "labels"))
+    if data.get("dataset") == "sinusoid":
+        return SinusoidTasks(data["family"], data.get("observation", "labels"))
+    if data.get("dataset") == "copy":
+        return CopyTask(data["width"], data["min_length"], data["max_length"])
+    raise KShotError(f"not a task-family run (data set {data.get('dataset')!r})")
 
 
-def family_record(family: TaskFamily) -> dict[str, Any]:
+def family_record(family: TaskFamily | CopyTask) -> dict[str, Any]:
     if isinstance(family, SinusoidTasks):
         return {"dataset": "sinusoid", "family": family.variant, "observation": family.observation,
                 "item_shape": list(family.item_shape)}
+    if isinstance(family, CopyTask):
+        return {"dataset": "copy", "width": family.width, "min_length": family.min_length,
+                "max_length": family.max_length, "item_shape": list(family.item_shape)}
     raise KShotError(f"no run record for task family {family.name!r}")
 
 
@@ -44,7 +50,7 @@ def is_finished(run_dir: Path) -> bool:
     return path.is_file() and bool(json.loads(path.read_text()).get("finished"))
 
 
-def train_task_run(run_dir: str | Path, method: str, family: TaskFamily, train_config: TrainConfig,
+def train_task_run(run_dir: str | Path, method: str, family: TaskFamily | CopyTask, train_config: TrainConfig,
                    method_config: dict[str, Any] | None = None, progress: bool = False,
                    device: str = "cpu") -> dict[str, Any]:
     """Train ``method`` on ``family`` into ``run_dir``; resume it if it was interrupted, leave it
@@ -119,3 +125,46 @@ def predictions_after_steps(run_dir: str | Path, support: tuple[torch.Tensor, to
             learner.test_steps = count
             predictions[count] = learner(support[0], support[1], grid).detach()
     return predictions
+
+
+@dataclass
+class LengthScore:
+    """Bits per sequence of a copy run on sequences of ``length`` (``None``: its training range)."""
+
+    length: int | None
+    report: Report
+
+
+def score_copy_run(run_dir: str | Path, lengths: list[int | None], sequences: int, seed: int,
+                   batch_size: int = 10) -> list[LengthScore]:
+    """Score a copy-task run on ``sequences`` fresh sequences (``0 .. sequences - 1`` of a task
+    seeded ``seed``) of each length: ``None`` is the run's training range (one length per batch of
+    ``batch_size``), an integer a fixed length (the paper's generalisation test)."""
+    learner, run_config, _ = load_run(run_dir)
+    task = family_from_record(run_config["data"])
+    if not isinstance(task, CopyTask):
+        raise KShotError(f"{run_dir} is a {run_config['data'].get('dataset')} run, not a copy-task "
+                         "run")
+    scores = []
+    for length in lengths:
+        sampler = task.sampler(seed=seed) if length is None else CopyTask.fixed(length, task.width,
+                                                                                 seed)
+        scores.append(LengthScore(length, evaluate(learner, sampler, sequences,
+                                                   batch_size=batch_size)))
+    return scores
+
+
+def copy_trace(run_dir: str | Path, length: int, seed: int) -> dict[str, torch.Tensor]:
+    """What the book's copy-task picture shows for sequence 0 of ``length`` (seeded ``seed``):
+    ``target [T, bits]``, ``output [T, bits]`` (probabilities of the output phase), and for an NTM
+    the read and write weightings of the first heads over all ``2T + 1`` steps ``[2T+1, N]``."""
+    learner, run_config, _ = load_run(run_dir)
+    task = family_from_record(run_config["data"])
+    batch = CopyTask.fixed(length, task.width, seed).batch([0])
+    learner.eval()
+    with torch.no_grad():
+        logits, trace = learner.sequence(batch.inputs)
+    picture = {"target": batch.targets[0], "output": torch.sigmoid(batch.output_phase(logits))[0]}
+    if trace is not None:
+        picture.update(read=trace.read[0], write=trace.write[0])
+    return picture
