@@ -13,7 +13,6 @@ import torch
 
 from kshot.cli import main
 from kshot.data.episodes import Episode
-
 from kshot.errors import KShotError
 from kshot.methods.ntm import (
     NTM,

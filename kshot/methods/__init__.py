@@ -7,6 +7,7 @@ from kshot.methods.maml import MAML, MAMLConfig, Pretrained
 from kshot.methods.mann import MANN, MANNConfig
 from kshot.methods.matching import MatchingConfig, MatchingNetwork
 from kshot.methods.meta_lstm import MetaLSTM, MetaLSTMConfig
+from kshot.methods.metanet import MetaNet, MetaNetConfig
 from kshot.methods.ntm import NTM, LSTMBaseline, LSTMBaselineConfig, NTMConfig
 from kshot.methods.protonet import ProtoNet, ProtoNetConfig
 from kshot.methods.siamese import Siamese, SiameseConfig
@@ -15,20 +16,22 @@ __all__ = [
            "DAML",
            "KNN",
            "MAML",
+           "MANN",
            "METHODS",
+           "NTM",
            "DAMLConfig",
            "KNNConfig",
            "LSTMBaseline",
            "LSTMBaselineConfig",
            "Learner",
            "MAMLConfig",
-           "MANN",
            "MANNConfig",
            "MatchingConfig",
            "MatchingNetwork",
            "MetaLSTM",
            "MetaLSTMConfig",
-           "NTM",
+           "MetaNet",
+           "MetaNetConfig",
            "NTMConfig",
            "Pretrained",
            "ProtoNet",
