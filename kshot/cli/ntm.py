@@ -60,6 +60,8 @@ def cmd_ntm_copy(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{model}: {summary['episodes']} sequences in {seconds:.0f} s ({speed:.1f}/s, "
                   f"{run_dir})", file=sys.stderr)
+        if args.train_only:
+            continue
         for score in score_copy_run(run_dir, lengths, args.eval_sequences, args.seed):
             length = score.length or f"{args.min_length}-{args.max_length}"
             record = {"run": str(run_dir), "method": model, "task": "copy", "length": length,
@@ -74,6 +76,8 @@ def cmd_ntm_copy(args: argparse.Namespace) -> int:
                       f"{score.report.ci95:.3f} bits per sequence")
         panels[model] = {key: value.numpy() for key, value in
                          copy_trace(run_dir, args.plot_length or args.max_length, args.seed).items()}
+    if args.train_only:
+        return 0
     path = plot_copy(args.plot or out / "copy.png", panels,
                      title=f"copy task, length {args.plot_length or args.max_length}")
     if not args.quiet:
@@ -96,7 +100,7 @@ def add_parser(commands) -> None:
     sub.add_argument("--max-length", type=int, default=20, help="longest training sequence "
                      "(the paper: 20)")
     sub.add_argument("--sequences", type=int, default=500_000, help="training sequences in all")
-    sub.add_argument("--batch-size", type=int, default=16, help="sequences per step (one length "
+    sub.add_argument("--batch-size", type=int, default=32, help="sequences per step (one length "
                      "per batch)")
     sub.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     sub.add_argument("--grad-clip", type=float, default=10.0, help="largest gradient norm of a "
@@ -117,6 +121,8 @@ def add_parser(commands) -> None:
     sub.add_argument("--plot", help="the picture's path (default: OUT/copy.png)")
     sub.add_argument("--plot-length", type=int, default=0, help="length of the pictured sequence "
                      "(default: --max-length)")
+    sub.add_argument("--train-only", action="store_true", help="train (or resume) the runs, "
+                     "score nothing")
     sub.add_argument("--json", action="store_true", help="one JSON line per (model, length)")
     sub.add_argument("--quiet", action="store_true", help="no progress bars")
     add_runtime_options(sub)
