@@ -16,14 +16,14 @@ from kshot.errors import KShotError
 
 def build_parser() -> argparse.ArgumentParser:
     from kshot import __version__
-    from kshot.cli import compare, evaluate, info, ntm, predict, sinusoid, train
+    from kshot.cli import compare, evaluate, info, ntm, predict, santoro, sinusoid, train
     from kshot.methods.base import get_method
 
     get_method("protonet")  # registers every method
     parser = OneLineParser(prog="kshot", description="One-shot and few-shot learning.")
     parser.add_argument("--version", action="version", version=f"kshot {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    for command in (train, evaluate, compare, predict, info, sinusoid, ntm):
+    for command in (train, evaluate, compare, predict, info, sinusoid, ntm, santoro):
         command.add_parser(commands)
     return parser
 

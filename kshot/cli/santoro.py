@@ -1,0 +1,87 @@
+"""``kshot santoro RUN``: Santoro et al.'s accuracy by instance of a MANN run.
+
+Episodes of the run's training way (its ``--ways`` classes) × 10 images of held-out classes (the
+test set of the run's split, as ``kshot eval`` chooses it, guarded against classes the run saw),
+each read as one sequence in a seeded random order, the correct label of every step given at the
+next; the accuracy at the 1st, 2nd, 3rd, 4th, 5th and 10th presentation of a class, in percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from kshot.cli.common import add_runtime_options, print_json, resolve_device, set_threads
+from kshot.errors import KShotError
+
+PRESENTATIONS = 10
+"""Images of each class in an episode (Santoro et al.: 10)."""
+
+
+def cmd_santoro(args: argparse.Namespace) -> int:
+    from kshot.checkpoint import load_run, read_run_config
+    from kshot.data.episodes import EpisodeSampler
+    from kshot.datasets import load_dataset
+    from kshot.evaluate import checkpoint_fields, resolve_test_set
+    from kshot.methods.mann import evaluate_instances
+    from kshot.protocol import check_overlap, class_ids
+
+    set_threads(args.threads, args.compile)
+    device = resolve_device(args.device)
+    method = read_run_config(args.run_dir).get("method")
+    if method != "mann":
+        raise KShotError(f"{args.run_dir} holds a {method!r} run: kshot santoro scores mann runs "
+                         "(kshot train mann); score this one with kshot eval")
+    learner, run_config, checkpoint = load_run(args.run_dir)
+    learner.to(device)
+    data = run_config["data"]
+    ways = args.ways or run_config["train_config"]["ways"]
+    dataset, split = resolve_test_set(data, args.dataset, args.split)
+    test_data = load_dataset(dataset, split=split, subset="test", image_size=learner.item_shape[-1],
+                             test_rotations=args.test_rotations, data_dir=args.data_dir,
+                             folder=args.folder, progress=not args.json)
+    overlap = check_overlap(args.run_dir, class_ids(test_data), test_data.name, args.allow_overlap)
+    sampler = EpisodeSampler(test_data, ways, PRESENTATIONS, 0, seed=args.seed, shuffle=True)
+    report = evaluate_instances(learner, sampler, args.episodes, batch_size=args.batch_size,
+                                device=device)
+    config = run_config["method_config"]
+    record = {"run": str(args.run_dir), "method": "mann", "classes": ways,
+              "labels": config["labels"], "episodes": report.episodes, "seed": report.seed,
+              "instance_accuracy": {str(k): round(v * 100, 2) for k, v in report.accuracy.items()},
+              "instance_ci95": {str(k): round(v * 100, 2) for k, v in report.ci95.items()},
+              "overlap": overlap, "dataset": dataset, "split": split, "test_set": test_data.name,
+              "test_classes": test_data.n_classes,
+              "test_rotations": bool(test_data.meta.get("rotations", False)),
+              **{k: v for k, v in checkpoint_fields(args.run_dir, checkpoint).items() if k != "run"},
+              "seconds": round(report.seconds, 3)}
+    if args.json:
+        print_json(record)
+    else:
+        shown = ", ".join(f"{k}: {v * 100:.1f}%" for k, v in report.accuracy.items())
+        print(f"mann ({checkpoint['checkpoint']} checkpoint, {config['labels']} labels) on "
+              f"{test_data.name}: {ways} classes × {PRESENTATIONS} images, {report.episodes} "
+              f"episodes; accuracy by instance {shown}"
+              + (f"; {overlap} of the classes were seen in training" if overlap else ""))
+    return 0
+
+
+def add_parser(commands) -> None:
+    from kshot.datasets import DATASETS
+
+    sub = commands.add_parser("santoro", help="accuracy by instance of a mann run (Santoro et al.)")
+    sub.add_argument("run_dir")
+    sub.add_argument("--episodes", type=int, default=1000)
+    sub.add_argument("--seed", type=int, default=123, help="seed of the test episodes")
+    sub.add_argument("--ways", type=int, default=None,
+                     help="classes per episode (default: the run's training --ways)")
+    sub.add_argument("--batch-size", type=int, default=16, help="episodes per forward pass")
+    sub.add_argument("--dataset", choices=DATASETS, help="score on another data set")
+    sub.add_argument("--split", help="split of --dataset (default: the run's)")
+    sub.add_argument("--folder", help="root of --dataset folder")
+    sub.add_argument("--test-rotations", action=argparse.BooleanOptionalAction, default=None,
+                     help="Omniglot test characters rotated by 90/180/270 as extra classes "
+                     "(default: the split's convention)")
+    sub.add_argument("--allow-overlap", action="store_true", help="score classes the run trained "
+                     "or validated on anyway (refused by default; the JSON line counts them)")
+    sub.add_argument("--json", action="store_true", help="print one JSON line")
+    add_runtime_options(sub)
+    sub.set_defaults(func=cmd_santoro)
