@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Meta Networks (Munkhdalai & Yu 2017) on Omniglot, the published Vinyals split (train 1028
+# characters x 4 rotations, validation 172 x 4 selecting the checkpoint, test 423 x 4 = 1692
+# classes), 28x28. The paper's model (u and b: four conv blocks of 64 filters with layer-augmented
+# fast weights, m an MLP and d an LSTM of 20 units, coordinate-wise) and the authors' optimiser
+# (one episode per step, Adam 1e-3 constant, gradients clipped at norm 10). One model per setting
+# of the paper's Omniglot table, trained on episodes of that setting: 5-way 1-shot (10 queries per
+# class) and 20-way 1-shot (5 queries per class), at most BUDGET seconds (default 7200) of training
+# each, JOBS (default 2) side by side on THREADS (default 2) cores. MODELS (default "5w1s 20w1s")
+# picks the models; finished runs are not retrained, killed ones resume.
+# Each model is then scored on 1000 test episodes of its own setting (15 queries per class, seeded
+# EVAL_SEED, default 123): one `kshot eval --json` line each. With MAML=DIR (the output folder of
+# maml_omniglot_vinyals.sh: its 5w1s and 20w1s models) and/or PROTONET=DIR (that of
+# protonet_omniglot_vinyals.sh: its 1-shot model), one `kshot compare --json` per setting scores
+# them beside this model on the same episodes (one line per run and per pair; the table on stderr).
+# Re-run with another EVAL_SEED to re-score the finished runs without retraining.
+# usage: [MAML=DIR] [PROTONET=DIR] bash benchmarks/metanet_omniglot_vinyals.sh OUT
+set -euo pipefail
+out=${1:?usage: bash benchmarks/metanet_omniglot_vinyals.sh OUT}
+source "$(dirname "$0")/common.sh"
+budget=${BUDGET:-7200}
+models=${MODELS:-"5w1s 20w1s"}
+common=(--dataset omniglot --split vinyals --image-size 28 --seed 0 --threads "$per_job"
+        --episodes 1000000 --val-every 2000 --val-episodes 200 --time-budget "$budget")
+declare -A args=(
+  [5w1s]="--ways 5 --shots 1 --queries 10"
+  [20w1s]="--ways 20 --shots 1 --queries 5"
+)
+RUNS=()
+for model in $models; do
+  if [ -z "${args[$model]:-}" ]; then echo "unknown model $model (choose from: ${!args[*]})" >&2; exit 2; fi
+  RUNS+=("$out/$model|metanet ${common[*]} ${args[$model]}")
+done
+train_queues "$jobs"
+[ -n "${TRAIN_ONLY:-}" ] && exit 0
+for model in $models; do
+  run_summary "$out/$model"
+  ways=${model%%w*}
+  kshot eval "$out/$model" --ways "$ways" --shots 1 --queries 15 --episodes 1000 \
+    --seed "$seed" --threads "$threads" --json
+done
+for model in $models; do
+  ways=${model%%w*}
+  runs=("$out/$model")
+  if [ -n "${MAML:-}" ]; then runs+=("$MAML/$model"); fi
+  if [ -n "${PROTONET:-}" ]; then runs+=("$PROTONET/shot1"); fi
+  if [ "${#runs[@]}" -ge 2 ]; then
+    kshot compare "${runs[@]}" --ways "$ways" --shots 1 --queries 15 --episodes 1000 \
+      --seed "$seed" --threads "$threads" --json
+  fi
+done
