@@ -10,7 +10,8 @@
 # each run, one `kshot santoro --json` line (accuracy by instance, 1st-5th and 10th presentation, on
 # 1000 test episodes seeded EVAL_SEED, default 123) and one `kshot eval --json` line on 1000 standard
 # 5-way 1-shot episodes (15 queries) of the test set. Re-run with another EVAL_SEED to re-score the
-# finished runs on other episodes without retraining.
+# finished runs on other episodes without retraining. MODELS (default "onehot5 string15") picks the
+# models.
 # usage: bash benchmarks/mann_omniglot.sh OUT
 set -euo pipefail
 out=${1:?usage: bash benchmarks/mann_omniglot.sh OUT}
@@ -18,15 +19,13 @@ BUDGET=${BUDGET:-7200}
 source "$(dirname "$0")/common.sh"
 common=(--dataset omniglot --split vinyals --image-size 20 --seed 0 --threads "$per_job"
         --time-budget "$budget")
-if [ "$jobs" -ge 2 ]; then
-  train_run "$out/onehot5" mann "${common[@]}" --ways 5 --labels onehot &
-  train_run "$out/string15" mann "${common[@]}" --ways 15 --labels string &
-  wait_all
-else
-  train_run "$out/onehot5" mann "${common[@]}" --ways 5 --labels onehot
-  train_run "$out/string15" mann "${common[@]}" --ways 15 --labels string
-fi
-for run in "$out/onehot5" "$out/string15"; do
+models=${MODELS:-"onehot5 string15"}
+declare -A args=([onehot5]="--ways 5 --labels onehot" [string15]="--ways 15 --labels string")
+RUNS=()
+for model in $models; do RUNS+=("$out/$model|mann ${common[*]} ${args[$model]}"); done
+train_queues "$jobs"
+for model in $models; do
+  run=$out/$model
   run_summary "$run"
   kshot santoro "$run" --episodes 1000 --seed "$seed" --threads "$threads" --json
   kshot eval "$run" --ways 5 --shots 1 --queries 15 --episodes 1000 --seed "$seed" --threads "$threads" --json
