@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import kshot
 
 from kshot.cli import main
 from kshot.data.episodes import Episode
@@ -198,13 +199,10 @@ SMALL = ["--width", "4", "--max-length", "3", "--sequences", "64", "--batch-size
          "--eval-sequences", "20", "--json", "--quiet", "--threads", "1"]
 
 
-def kshot(capsys, *argv) -> tuple[int, list[dict], str]:
-    try:
-        code = main([str(arg) for arg in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
+def kshot_lines(capsys, *argv) -> tuple[int, list[dict], str]:
+    """``kshot argv`` in-process: (exit status, its JSON lines, stderr)."""
+    code, out, err = kshot(capsys, *argv)
+    return code, [json.loads(line) for line in out.splitlines()], err
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +213,7 @@ def copy_out(tmp_path_factory) -> Path:
 
 
 def test_kshot_ntm_copy_lines_runs_picture_and_reuse(copy_out, capsys):
-    code, lines, _ = kshot(capsys, "ntm", "copy", "--out", copy_out, *SMALL)
+    code, lines, _ = kshot_lines(capsys, "ntm", "copy", "--out", copy_out, *SMALL)
     assert code == 0
     assert [(line["method"], line["length"]) for line in lines] == [
         ("ntm", "1-3"), ("ntm", 5), ("lstm", "1-3"), ("lstm", 5)]
@@ -236,23 +234,23 @@ def test_kshot_ntm_copy_lines_runs_picture_and_reuse(copy_out, capsys):
         assert json.loads((run / "last.json").read_text())["metric"] == "bits_per_sequence"
     assert (copy_out / "copy.png").stat().st_size > 10_000
     # a finished run is reused: the same training record; another seed scores other sequences
-    code, again, _ = kshot(capsys, "ntm", "copy", "--out", copy_out, *SMALL, "--seed", "7")
+    code, again, _ = kshot_lines(capsys, "ntm", "copy", "--out", copy_out, *SMALL, "--seed", "7")
     assert code == 0 and [line["train_seconds"] for line in again] == [
         line["train_seconds"] for line in lines]
     assert [line["seed"] for line in again] == [7] * 4
 
 
 def test_kshot_ntm_copy_refusals(copy_out, capsys):
-    code, _, err = kshot(capsys, "ntm", "copy", "--out", copy_out, *SMALL[:-6], "--width", "5",
+    code, _, err = kshot_lines(capsys, "ntm", "copy", "--out", copy_out, *SMALL[:-6], "--width", "5",
                          "--json", "--quiet", "--threads", "1")
     assert code == 2 and "another data" in err and len(err.strip().splitlines()) == 1
-    code, _, err = kshot(capsys, "ntm", "copy", "--out", copy_out / "x", *SMALL, "--lengths", "0")
+    code, _, err = kshot_lines(capsys, "ntm", "copy", "--out", copy_out / "x", *SMALL, "--lengths", "0")
     assert code == 2 and "--lengths must be >= 1" in err
-    code, _, err = kshot(capsys, "ntm", "copy", "--out", copy_out / "x", *SMALL,
+    code, _, err = kshot_lines(capsys, "ntm", "copy", "--out", copy_out / "x", *SMALL,
                          "--memory-slots", "0")
     assert code == 2 and "--memory-slots must be >= 1" in err
     # a copy run is not scored on class episodes
-    code, _, err = kshot(capsys, "eval", copy_out / "ntm", "--dataset", "omniglot", "--episodes",
+    code, _, err = kshot_lines(capsys, "eval", copy_out / "ntm", "--dataset", "omniglot", "--episodes",
                          "5")
     assert code == 2 and "copy run" in err and "kshot ntm copy" in err
     assert len(err.strip().splitlines()) == 1
