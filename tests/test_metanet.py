@@ -316,8 +316,10 @@ def test_kshot_train_and_eval_a_run(capsys, shared_data, tmp_path, monkeypatch) 
         record = json.loads(out)
         assert record["method"] == "metanet" and 0 <= record["accuracy"] <= 100
         code, out, err = _kshot(capsys, "eval", run, "--ways", 20, "--episodes", 2, "--threads", 1)
-        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-        assert "5 outputs" in err
+        assert code == 2 and "Traceback" not in err, err
+        messages = [line for line in err.replace("\r", "\n").splitlines()
+                    if line.startswith("kshot: error: ")]  # besides the progress bar
+        assert len(messages) == 1 and "5 outputs" in messages[0], err
     finally:
         torch.set_num_threads(threads)
 
@@ -342,9 +344,9 @@ def test_metanet_learns_unseen_omniglot_classes(shared_data, tmp_path, monkeypat
     """5-way 1-shot on the vinyals split (train classes only), the paper's model with the
     authors' optimiser (Adam 1e-3, clipping at 10, one episode per step), 60 episodes of 5
     queries per class (a fixed count, so the score does not depend on the machine's speed);
-    scored on 5-way 1-shot episodes of the test classes (never trained on). Measured: 53 episodes
-    60.6 % ± 2.8 (80 episodes), 106 episodes of 10 queries 68.3 % ± 2.3; untrained 18 %; chance
-    20 %."""
+    scored on 5-way 1-shot episodes of the test classes (never trained on). Measured: 60 episodes
+    (49 s) 59.4 % ± 2.9 over 80 test episodes; 106 episodes of 10 queries 68.3 % ± 2.3;
+    untrained 18 %; chance 20 %."""
     monkeypatch.setenv("KSHOT_CACHE_DIR", str(tmp_path / "cache"))
     train = load_omniglot("vinyals", "train", 28, data_dir=shared_data, progress=False)
     test = load_omniglot("vinyals", "test", 28, data_dir=shared_data, progress=False)
