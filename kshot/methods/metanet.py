@@ -20,7 +20,7 @@ once:
    paper's "sample T pairs" made a pure function of the episode (no random draw inside
    ``forward``: an episode always gets the same prediction); the learner is ``order_sensitive``,
    so the Trainer and the evaluator hand it episodes in a seeded random order, and the pairs
-   are random pairs of the episode.
+   are random pairs of the episode. In a one-shot episode every pair is of two classes (lᵢⱼ = 0).
 2. *Task-level fast weights* (line 6): Q* = d(G, {∇ₜ}ₜ₌₁..T): an LSTM reads the T gradients as a
    sequence, coordinate-wise (every scalar weight of u is one sequence, all of them in one tensor
    operation), and a linear read-out of its last hidden state is that weight's fast twin.
