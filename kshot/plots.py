@@ -267,7 +267,9 @@ def plot_copy(path: str | os.PathLike, panels: dict[str, dict[str, np.ndarray]],
         if "write" in panel:
             row += 1
             slots = np.nonzero((panel["write"].max(0) > 0.05) | (panel["read"].max(0) > 0.05))[0]
-            low, high = (int(slots.min()), int(slots.max()) + 1) if len(slots) else (0, 1)
+            # the slots the heads visit; all of them when no weighting is focused anywhere
+            low, high = ((int(slots.min()), int(slots.max()) + 1) if len(slots)
+                         else (0, panel["write"].shape[1]))
             for column, key in enumerate(("write", "read")):
                 axes = figure.add_subplot(rows, 2, 2 * (row - 1) + column + 1)
                 axes.imshow(panel[key][:, low:high].T, cmap="gray_r", vmin=0, vmax=1,

@@ -169,6 +169,28 @@ def test_models_shapes_trace_and_documented_parameter_counts():
     assert ntm.metric == "bits_per_sequence" and not ntm.higher_is_better
 
 
+def test_heads_start_focused_so_a_constant_memory_can_be_addressed():
+    """A constant memory makes every slot alike: from a uniform weighting nothing could ever tell
+    the slots apart (uniform writes, uniform content weights, a shift of uniform is uniform, equal
+    gradients). The heads start focused on slot 0, so the first write is not uniform and the
+    rows of the memory become different."""
+    torch.manual_seed(0)
+    ntm = NTM(NTMConfig(controller_size=8, memory_slots=6, memory_width=3,
+                        memory_init="constant"), (5,))
+    start = ntm.initial_state(1)
+    assert start.write_weights[0, 0].argmax() == 0 and start.write_weights.max() > 0.5
+    batch = CopyTask(width=4, min_length=3, max_length=3).batch([0])
+    state = start
+    for t in range(3):
+        _, state = ntm.step(batch.inputs[:, t], state)
+    rows = state.memory[0]
+    assert (rows - rows.mean(0)).abs().max() > 1e-3  # the rows differ: slots can be told apart
+    outputs, _ = ntm.sequence(batch.inputs)
+    outputs.sum().backward()
+    logit_grads = ntm.initial_write_logits.grad[0]
+    assert (logit_grads - logit_grads.mean()).abs().max() > 0  # not all equal
+
+
 def test_ntm_learns_to_copy_short_sequences(tmp_path):
     """An NTM with an LSTM controller, 16 × 8 memory, trained by the one Trainer on 400 steps of 16
     copies of length 1–5 and width 4 (Adam 1e-3, gradient norm clipped at 10): bits per sequence

@@ -41,6 +41,8 @@ CONTROLLERS = ("lstm", "feedforward")
 MEMORY_INITS = ("learned", "constant")
 CONSTANT_MEMORY = 1e-6
 """The value every memory cell starts from with ``memory_init = "constant"``."""
+INITIAL_FOCUS = 5.0
+"""Initial logit of slot 0 in the heads' starting weightings (the others 0): weight 0.54 of 128."""
 
 
 @dataclass
@@ -179,9 +181,15 @@ class NTM(CopyModel):
         else:
             self.register_buffer("initial_memory", torch.full_like(initial, CONSTANT_MEMORY))
         self.initial_reads = nn.Parameter(0.01 * torch.randn(c.read_heads, c.memory_width))
-        # weightings start as a softmax of learned logits (uniform at initialisation)
-        self.initial_read_logits = nn.Parameter(torch.zeros(c.read_heads, c.memory_slots))
-        self.initial_write_logits = nn.Parameter(torch.zeros(c.write_heads, c.memory_slots))
+        # weightings start as a softmax of learned logits, focused on slot 0 at initialisation:
+        # a uniform start over a constant memory is a symmetry nothing breaks (every slot is
+        # written alike, content addressing cannot tell slots apart, a shift of a uniform
+        # weighting is uniform, and the logits' gradients are all equal), so the heads would
+        # never learn to address locations
+        start = torch.zeros(c.memory_slots)
+        start[0] = INITIAL_FOCUS
+        self.initial_read_logits = nn.Parameter(start.repeat(c.read_heads, 1))
+        self.initial_write_logits = nn.Parameter(start.repeat(c.write_heads, 1))
 
     def initial_state(self, batch_size: int) -> NTMState:
         """The state every sequence starts from (memory, reads and weightings as learned)."""
