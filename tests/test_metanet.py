@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from test_cli import kshot as _kshot
 
-from kshot.cli import main
 from kshot.data.episodes import Episode, EpisodeSampler
 from kshot.data.omniglot import load_omniglot
 from kshot.errors import KShotError
@@ -286,13 +286,6 @@ def test_train_defaults_are_the_papers() -> None:
 # --- the command line --------------------------------------------------------------------------
 
 
-def _kshot(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main([str(arg) for arg in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_kshot_train_and_eval_a_run(capsys, shared_data, tmp_path, monkeypatch) -> None:
