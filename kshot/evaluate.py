@@ -141,14 +141,19 @@ def checkpoint_fields(run_dir: str | Path, checkpoint: dict[str, Any]) -> dict[s
             "checkpoint_episodes": checkpoint.get("episodes")}
 
 
+def test_set_fields(test_data, dataset: str, split: str | None) -> dict[str, Any]:
+    """What a record says of the test set it was scored on (``kshot eval``, ``kshot santoro``)."""
+    return {"dataset": dataset, "split": split, "test_set": test_data.name,
+            "test_classes": test_data.n_classes,
+            "test_rotations": bool(test_data.meta.get("rotations", False))}
+
+
 def eval_record(run_dir: str | Path, run_config: dict[str, Any], checkpoint: dict[str, Any],
                 report, test_data, dataset: str, split: str | None,
                 overlap: int, test_options: dict[str, str] | None = None) -> dict[str, Any]:
     """The ``kshot eval --json`` record of a run scored on episodes (``report``: a
     :class:`Report`; accuracies and intervals in percent). ``kshot compare`` prints the same."""
-    return {"method": run_config["method"], "dataset": dataset, "split": split,
-            "test_set": test_data.name, "test_classes": test_data.n_classes,
-            "test_rotations": bool(test_data.meta.get("rotations", False)),
+    return {"method": run_config["method"], **test_set_fields(test_data, dataset, split),
             "ways": report.n_way, "shots": report.k_shot, "queries": report.n_query,
             "episodes": report.episodes, "seed": report.seed,
             "accuracy": round(report.accuracy * 100, 3), "ci95": round(report.ci95 * 100, 3),

@@ -121,3 +121,20 @@ def add_runtime_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                      help="compiled / fused backbones (default: on, unless KSHOT_COMPILE=0); "
                      "results are unchanged within float tolerance")
+
+
+def load_test_set(args: argparse.Namespace, run_config: dict[str, Any], image_size: int):
+    """The held-out test set ``kshot eval`` and ``kshot santoro`` score a run on: the data set and
+    split the options (or the run) name, loaded at the run's image size, checked against the
+    classes the run saw (refused unless ``--allow-overlap``). Returns ``(dataset, split, test_data,
+    overlap)``."""
+    from kshot.datasets import load_dataset
+    from kshot.evaluate import resolve_test_set
+    from kshot.protocol import check_overlap, class_ids
+
+    dataset, split = resolve_test_set(run_config["data"], args.dataset, args.split)
+    test_data = load_dataset(dataset, split=split, subset="test", image_size=image_size,
+                             test_rotations=args.test_rotations, data_dir=args.data_dir,
+                             folder=args.folder, progress=not args.json)
+    overlap = check_overlap(args.run_dir, class_ids(test_data), test_data.name, args.allow_overlap)
+    return dataset, split, test_data, overlap

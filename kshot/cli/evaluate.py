@@ -8,6 +8,7 @@ import sys
 from kshot.cli.common import (
     add_episode_options,
     add_runtime_options,
+    load_test_set,
     parse_test_options,
     print_json,
     resolve_device,
@@ -19,22 +20,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from kshot.checkpoint import load_run
     from kshot.data.episodes import EpisodeSampler
     from kshot.data.omniglot import load_lake_runs
-    from kshot.datasets import load_dataset
     from kshot.evaluate import (
         eval_record,
         evaluate,
         evaluate_lake_runs,
         lake_record,
-        resolve_test_set,
     )
-    from kshot.protocol import check_overlap, class_ids, lake_run_class_ids
+    from kshot.protocol import check_overlap, lake_run_class_ids
 
     set_threads(args.threads, args.compile)
     device = resolve_device(args.device)
     test_options = parse_test_options(args.test_options)
     learner, run_config, checkpoint = load_run(args.run_dir, test_options=test_options)
     learner.to(device)
-    data = run_config["data"]
     if checkpoint.get("note") and not args.json:
         print(f"kshot: note: {checkpoint['note']}", file=sys.stderr)
     if args.lake_runs:
@@ -49,11 +47,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"Lake's 20 runs: error {result['error']:.2f}% "
                   f"(per run: {', '.join(f'{e:.0f}' for e in result['per_run'])})")
         return 0
-    dataset, split = resolve_test_set(data, args.dataset, args.split)
-    test_data = load_dataset(dataset, split=split, subset="test", image_size=learner.item_shape[-1],
-                             test_rotations=args.test_rotations, data_dir=args.data_dir,
-                             folder=args.folder, progress=not args.json)
-    overlap = check_overlap(args.run_dir, class_ids(test_data), test_data.name, args.allow_overlap)
+    dataset, split, test_data, overlap = load_test_set(args, run_config, learner.item_shape[-1])
     sampler = EpisodeSampler(test_data, args.ways, args.shots, args.queries, seed=args.seed)
     report = evaluate(learner, sampler, args.episodes, batch_size=args.batch_size, device=device,
                       progress=not args.json)

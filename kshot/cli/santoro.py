@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import argparse
 
-from kshot.cli.common import add_runtime_options, print_json, resolve_device, set_threads
+from kshot.cli.common import (
+    add_runtime_options,
+    load_test_set,
+    print_json,
+    resolve_device,
+    set_threads,
+)
 from kshot.errors import KShotError
 
 PRESENTATIONS = 10
@@ -20,10 +26,8 @@ PRESENTATIONS = 10
 def cmd_santoro(args: argparse.Namespace) -> int:
     from kshot.checkpoint import load_run, read_run_config
     from kshot.data.episodes import EpisodeSampler
-    from kshot.datasets import load_dataset
-    from kshot.evaluate import checkpoint_fields, resolve_test_set
+    from kshot.evaluate import checkpoint_fields, test_set_fields
     from kshot.methods.mann import evaluate_instances
-    from kshot.protocol import check_overlap, class_ids
 
     set_threads(args.threads, args.compile)
     device = resolve_device(args.device)
@@ -33,13 +37,8 @@ def cmd_santoro(args: argparse.Namespace) -> int:
                          "(kshot train mann); score this one with kshot eval")
     learner, run_config, checkpoint = load_run(args.run_dir)
     learner.to(device)
-    data = run_config["data"]
     ways = args.ways or run_config["train_config"]["ways"]
-    dataset, split = resolve_test_set(data, args.dataset, args.split)
-    test_data = load_dataset(dataset, split=split, subset="test", image_size=learner.item_shape[-1],
-                             test_rotations=args.test_rotations, data_dir=args.data_dir,
-                             folder=args.folder, progress=not args.json)
-    overlap = check_overlap(args.run_dir, class_ids(test_data), test_data.name, args.allow_overlap)
+    dataset, split, test_data, overlap = load_test_set(args, run_config, learner.item_shape[-1])
     sampler = EpisodeSampler(test_data, ways, PRESENTATIONS, 0, seed=args.seed, shuffle=True)
     report = evaluate_instances(learner, sampler, args.episodes, batch_size=args.batch_size,
                                 device=device)
@@ -48,9 +47,7 @@ def cmd_santoro(args: argparse.Namespace) -> int:
               "labels": config["labels"], "episodes": report.episodes, "seed": report.seed,
               "instance_accuracy": {str(k): round(v * 100, 2) for k, v in report.accuracy.items()},
               "instance_ci95": {str(k): round(v * 100, 2) for k, v in report.ci95.items()},
-              "overlap": overlap, "dataset": dataset, "split": split, "test_set": test_data.name,
-              "test_classes": test_data.n_classes,
-              "test_rotations": bool(test_data.meta.get("rotations", False)),
+              "overlap": overlap, **test_set_fields(test_data, dataset, split),
               **{k: v for k, v in checkpoint_fields(args.run_dir, checkpoint).items() if k != "run"},
               "seconds": round(report.seconds, 3)}
     if args.json:
