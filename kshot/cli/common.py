@@ -81,24 +81,36 @@ def print_json(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
-def add_episode_options(sub: argparse.ArgumentParser) -> None:
-    """The test episodes and test set a run is scored on: shared by ``kshot eval`` and
-    ``kshot compare`` (--ways/--shots/--queries/--episodes/--seed/--batch-size, and --split,
-    --folder, --test-rotations of the test set)."""
-    sub.add_argument("--ways", type=int, default=5)
-    sub.add_argument("--shots", type=int, default=1)
-    sub.add_argument("--queries", type=int, default=15)
+def add_episode_options(sub: argparse.ArgumentParser, *, ways: int | None = 5,
+                        shots: bool = True, dataset_help: str = "score on another data set "
+                        "(transfer)", overlap_help: str = "the JSON line counts them") -> None:
+    """The test episodes and held-out test set a run is scored on, shared by ``kshot eval``,
+    ``kshot compare`` and ``kshot santoro``: --ways, --episodes, --seed, --batch-size; --shots,
+    --queries and --set unless ``shots`` is false (Santoro's episodes fix their own); and the test
+    set: --dataset, --split, --folder, --test-rotations, --allow-overlap. ``ways`` None means the
+    run's training way."""
+    sub.add_argument("--ways", type=int, default=ways, help="classes per episode" + (
+        "" if ways else " (default: the run's training --ways)"))
+    if shots:
+        sub.add_argument("--shots", type=int, default=1)
+        sub.add_argument("--queries", type=int, default=15)
     sub.add_argument("--episodes", type=int, default=1000)
-    sub.add_argument("--seed", type=int, default=123)
+    sub.add_argument("--seed", type=int, default=123, help="seed of the test episodes")
     sub.add_argument("--batch-size", type=int, default=16, help="episodes per forward pass")
-    sub.add_argument("--split", help="split of --dataset")
+    if shots:
+        sub.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                         dest="test_options", help="a test-time option of the run's method, e.g. "
+                         "MAML's test_inner_steps=10 or norm=running (repeatable)")
+    from kshot.datasets import DATASETS
+
+    sub.add_argument("--dataset", choices=DATASETS, help=dataset_help)
+    sub.add_argument("--split", help="split of --dataset (default: the run's)")
     sub.add_argument("--folder", help="root of --dataset folder")
-    sub.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                     dest="test_options", help="a test-time option of the run's method, e.g. "
-                     "MAML's test_inner_steps=10 or norm=running (repeatable)")
     sub.add_argument("--test-rotations", action=argparse.BooleanOptionalAction, default=None,
                      help="Omniglot test characters rotated by 90/180/270 as extra classes "
                      "(default: the split's convention: on for vinyals, off for lake)")
+    sub.add_argument("--allow-overlap", action="store_true", help="score classes the run trained "
+                     f"or validated on anyway (refused by default; {overlap_help})")
 
 
 def parse_test_options(items: Sequence[str]) -> dict[str, str]:

@@ -44,18 +44,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def add_parser(commands) -> None:
-    from kshot.datasets import DATASETS
-
     cmp = commands.add_parser("compare", help="score runs on the same episodes; paired "
                               "differences with 95%% CIs and p-values")
     cmp.add_argument("run_dirs", nargs="+", metavar="run_dir", help="two or more run directories")
-    add_episode_options(cmp)
+    add_episode_options(cmp, dataset_help="score on another data set (transfer); the runs may "
+                        "then come from different data sets", overlap_help="the JSON lines count them")
     cmp.add_argument("--lake-runs", action="store_true", help="Lake's 20 one-shot runs instead "
                      "(the runs' errors are the paired units)")
-    cmp.add_argument("--dataset", choices=DATASETS, help="score on another data set (transfer); "
-                     "the runs may then come from different data sets")
-    cmp.add_argument("--allow-overlap", action="store_true", help="score classes a run trained "
-                     "or validated on anyway (refused by default; the JSON lines count them)")
     cmp.add_argument("--json", action="store_true", help="one JSON line per run (as `kshot eval "
                      "--json`), then one per pair (\"kind\": \"pair\"), on stdout; the table goes to stderr")
     add_runtime_options(cmp)

@@ -66,15 +66,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_parser(commands) -> None:
-    from kshot.datasets import DATASETS
-
     ev = commands.add_parser("eval", help="score a run on test episodes of classes it never saw")
     ev.add_argument("run_dir")
     add_episode_options(ev)
     ev.add_argument("--lake-runs", action="store_true", help="Lake's 20 one-shot runs instead")
-    ev.add_argument("--dataset", choices=DATASETS, help="score on another data set (transfer)")
-    ev.add_argument("--allow-overlap", action="store_true", help="score classes the run trained "
-                    "or validated on anyway (refused by default; the JSON line counts them)")
     ev.add_argument("--json", action="store_true", help="print one JSON line")
     add_runtime_options(ev)
     ev.set_defaults(func=cmd_eval)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from kshot.cli.common import (
+    add_episode_options,
     add_runtime_options,
     load_test_set,
     print_json,
@@ -62,23 +63,9 @@ def cmd_santoro(args: argparse.Namespace) -> int:
 
 
 def add_parser(commands) -> None:
-    from kshot.datasets import DATASETS
-
     sub = commands.add_parser("santoro", help="accuracy by instance of a mann run (Santoro et al.)")
     sub.add_argument("run_dir")
-    sub.add_argument("--episodes", type=int, default=1000)
-    sub.add_argument("--seed", type=int, default=123, help="seed of the test episodes")
-    sub.add_argument("--ways", type=int, default=None,
-                     help="classes per episode (default: the run's training --ways)")
-    sub.add_argument("--batch-size", type=int, default=16, help="episodes per forward pass")
-    sub.add_argument("--dataset", choices=DATASETS, help="score on another data set")
-    sub.add_argument("--split", help="split of --dataset (default: the run's)")
-    sub.add_argument("--folder", help="root of --dataset folder")
-    sub.add_argument("--test-rotations", action=argparse.BooleanOptionalAction, default=None,
-                     help="Omniglot test characters rotated by 90/180/270 as extra classes "
-                     "(default: the split's convention)")
-    sub.add_argument("--allow-overlap", action="store_true", help="score classes the run trained "
-                     "or validated on anyway (refused by default; the JSON line counts them)")
+    add_episode_options(sub, ways=None, shots=False)
     sub.add_argument("--json", action="store_true", help="print one JSON line")
     add_runtime_options(sub)
     sub.set_defaults(func=cmd_santoro)
