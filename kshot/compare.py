@@ -258,14 +258,13 @@ def compare_runs(
     from kshot.checkpoint import load_run
     from kshot.data.episodes import EpisodeSampler
     from kshot.data.omniglot import load_lake_runs
-    from kshot.datasets import load_dataset
     from kshot.evaluate import (
         confidence95,
         eval_record,
         evaluate,
         evaluate_lake_runs,
         lake_record,
-        resolve_test_set,
+        load_test_data,
     )
     from kshot.protocol import check_overlap, class_ids, lake_run_class_ids
 
@@ -277,10 +276,8 @@ def compare_runs(
         runs = load_lake_runs(image_size, data_dir)
         scored, what = lake_run_class_ids(data_dir), "Lake's 20 runs"
     else:
-        dataset, split = resolve_test_set(configs[0]["data"], dataset, split)
-        test_data = load_dataset(dataset, split=split, subset="test", image_size=image_size,
-                                 test_rotations=test_rotations, data_dir=data_dir,
-                                 folder=folder, progress=progress)
+        dataset, split, test_data = load_test_data(configs[0]["data"], image_size, dataset, split,
+                                                   folder, test_rotations, data_dir, progress)
         scored, what = class_ids(test_data), test_data.name
         sampler = EpisodeSampler(test_data, ways, shots, queries, seed=seed)
     overlaps = [check_overlap(run_dir, scored, what, allow_overlap) for run_dir in run_dirs]

@@ -189,3 +189,20 @@ def resolve_test_set(data: dict[str, Any], dataset: str | None = None,
     split = split or (data["split"] if dataset == data["dataset"] else None) or \
         DEFAULT_SPLITS.get(dataset)
     return dataset, split
+
+
+def load_test_data(data: dict[str, Any], image_size: int, dataset: str | None = None,
+                   split: str | None = None, folder: str | Path | None = None,
+                   test_rotations: bool | None = None, data_dir: str | Path | None = None,
+                   progress: bool = False):
+    """The held-out test set of a run whose data config is ``data``, chosen by
+    :func:`resolve_test_set` and loaded at ``image_size``: ``(dataset, split, test_data)``. Shared
+    by ``kshot eval``, ``kshot santoro`` and :func:`kshot.compare.compare_runs`; the overlap guard
+    is the caller's (one run or several)."""
+    from kshot.datasets import load_dataset
+
+    dataset, split = resolve_test_set(data, dataset, split)
+    test_data = load_dataset(dataset, split=split, subset="test", image_size=image_size,
+                             test_rotations=test_rotations, data_dir=data_dir, folder=folder,
+                             progress=progress)
+    return dataset, split, test_data

@@ -89,6 +89,8 @@ def add_episode_options(sub: argparse.ArgumentParser, *, ways: int | None = 5,
     --queries and --set unless ``shots`` is false (Santoro's episodes fix their own); and the test
     set: --dataset, --split, --folder, --test-rotations, --allow-overlap. ``ways`` None means the
     run's training way."""
+    from kshot.datasets import DATASETS
+
     sub.add_argument("--ways", type=int, default=ways, help="classes per episode" + (
         "" if ways else " (default: the run's training --ways)"))
     if shots:
@@ -101,8 +103,6 @@ def add_episode_options(sub: argparse.ArgumentParser, *, ways: int | None = 5,
         sub.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                          dest="test_options", help="a test-time option of the run's method, e.g. "
                          "MAML's test_inner_steps=10 or norm=running (repeatable)")
-    from kshot.datasets import DATASETS
-
     sub.add_argument("--dataset", choices=DATASETS, help=dataset_help)
     sub.add_argument("--split", help="split of --dataset (default: the run's)")
     sub.add_argument("--folder", help="root of --dataset folder")
@@ -140,13 +140,11 @@ def load_test_set(args: argparse.Namespace, run_config: dict[str, Any], image_si
     split the options (or the run) name, loaded at the run's image size, checked against the
     classes the run saw (refused unless ``--allow-overlap``). Returns ``(dataset, split, test_data,
     overlap)``."""
-    from kshot.datasets import load_dataset
-    from kshot.evaluate import resolve_test_set
+    from kshot.evaluate import load_test_data
     from kshot.protocol import check_overlap, class_ids
 
-    dataset, split = resolve_test_set(run_config["data"], args.dataset, args.split)
-    test_data = load_dataset(dataset, split=split, subset="test", image_size=image_size,
-                             test_rotations=args.test_rotations, data_dir=args.data_dir,
-                             folder=args.folder, progress=not args.json)
+    dataset, split, test_data = load_test_data(
+        run_config["data"], image_size, args.dataset, args.split, args.folder,
+        args.test_rotations, args.data_dir, progress=not args.json)
     overlap = check_overlap(args.run_dir, class_ids(test_data), test_data.name, args.allow_overlap)
     return dataset, split, test_data, overlap
