@@ -8,11 +8,12 @@
 # class) and 20-way 1-shot (5 queries per class), at most BUDGET seconds (default 7200) of training
 # each, JOBS (default 2) side by side on THREADS (default 2) cores. MODELS (default "5w1s 20w1s")
 # picks the models; finished runs are not retrained, killed ones resume.
-# Each model is then scored on 1000 test episodes of its own setting (15 queries per class, seeded
-# EVAL_SEED, default 123): one `kshot eval --json` line each. With MAML=DIR (the output folder of
-# maml_omniglot_vinyals.sh: its 5w1s and 20w1s models) and/or PROTONET=DIR (that of
-# protonet_omniglot_vinyals.sh: its 1-shot model), one `kshot compare --json` per setting scores
-# them beside this model on the same episodes (one line per run and per pair; the table on stderr).
+# Each model is then scored once on 1000 test episodes of its own setting (15 queries per class,
+# seeded EVAL_SEED, default 123): one `kshot eval --json` line each. With MAML=DIR (the output
+# folder of maml_omniglot_vinyals.sh: its 5w1s and 20w1s models) and/or PROTONET=DIR (that of
+# protonet_omniglot_vinyals.sh: its 1-shot model), `kshot compare --json` scores them beside this
+# model on the same episodes instead (its per-run lines are the `kshot eval --json` ones, then one
+# per pair; the table on stderr): Meta Networks' scoring is slow, so it is done once.
 # Re-run with another EVAL_SEED to re-score the finished runs without retraining.
 # usage: [MAML=DIR] [PROTONET=DIR] bash benchmarks/metanet_omniglot_vinyals.sh OUT
 set -euo pipefail
@@ -36,16 +37,14 @@ train_queues "$jobs"
 for model in $models; do
   run_summary "$out/$model"
   ways=${model%%w*}
-  kshot eval "$out/$model" --ways "$ways" --shots 1 --queries 15 --episodes 1000 \
-    --seed "$seed" --threads "$threads" --json
-done
-for model in $models; do
-  ways=${model%%w*}
   runs=("$out/$model")
   if [ -n "${MAML:-}" ]; then runs+=("$MAML/$model"); fi
   if [ -n "${PROTONET:-}" ]; then runs+=("$PROTONET/shot1"); fi
-  if [ "${#runs[@]}" -ge 2 ]; then
+  if [ "${#runs[@]}" -ge 2 ]; then  # its per-run lines are the `kshot eval --json` ones
     kshot compare "${runs[@]}" --ways "$ways" --shots 1 --queries 15 --episodes 1000 \
+      --seed "$seed" --threads "$threads" --json
+  else
+    kshot eval "$out/$model" --ways "$ways" --shots 1 --queries 15 --episodes 1000 \
       --seed "$seed" --threads "$threads" --json
   fi
 done
