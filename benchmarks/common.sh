@@ -33,6 +33,21 @@ wait_all() {
   return $failed
 }
 
+# Set RUNS (below) to one entry per model of MODEL...: "OUT/MODEL|METHOD_ARGS ARGS", ARGS being the
+# model's entry in the caller's associative array `args`; an unknown model is an error (exit 2).
+# usage: declare -A args=([shot1]="--shots 1" ...); model_runs OUT "protonet ${common[*]}" $models
+model_runs() {
+  local out=$1 method_args=$2 model; shift 2
+  RUNS=()
+  for model in "$@"; do
+    if [ -z "${args[$model]:-}" ]; then
+      echo "unknown model $model (choose from: ${!args[*]})" >&2
+      exit 2
+    fi
+    RUNS+=("$out/$model|$method_args ${args[$model]}")
+  done
+}
+
 # Train the runs named in the array RUNS (entries "DIR|method args...") JOBS at a time: the runs
 # are dealt round-robin into JOBS queues that run side by side, each queue one run after another.
 # usage: RUNS=("out/a|protonet --shots 1" ...); train_queues JOBS

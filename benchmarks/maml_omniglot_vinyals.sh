@@ -29,8 +29,7 @@ declare -A args=(
   [20w5s]="--ways 20 --shots 5 --first-order-episodes $warmup"
   [fo5w1s]="--ways 5 --shots 1 --first-order"
 )
-RUNS=()
-for model in $models; do RUNS+=("$out/$model|maml ${common[*]} ${args[$model]}"); done
+model_runs "$out" "maml ${common[*]}" $models
 train_queues "$jobs"
 [ -n "${TRAIN_ONLY:-}" ] && exit 0
 for model in $models; do

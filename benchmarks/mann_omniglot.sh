@@ -21,8 +21,7 @@ common=(--dataset omniglot --split vinyals --image-size 20 --seed 0 --threads "$
         --time-budget "$budget")
 models=${MODELS:-"onehot5 string15"}
 declare -A args=([onehot5]="--ways 5 --labels onehot" [string15]="--ways 15 --labels string")
-RUNS=()
-for model in $models; do RUNS+=("$out/$model|mann ${common[*]} ${args[$model]}"); done
+model_runs "$out" "mann ${common[*]}" $models
 train_queues "$jobs"
 for model in $models; do
   run=$out/$model

@@ -17,11 +17,8 @@ budget=${BUDGET:-7200}
 models=${MODELS:-"5w1s 5w5s"}
 common=(--dataset omniglot --split vinyals --image-size 28 --seed 0 --threads "$per_job"
         --episodes 400000 --time-budget "$budget")
-RUNS=()
-for model in $models; do
-  shots=${model##*w}; shots=${shots%s}
-  RUNS+=("$out/$model|meta-lstm ${common[*]} --ways 5 --shots $shots")
-done
+declare -A args=([5w1s]="--ways 5 --shots 1" [5w5s]="--ways 5 --shots 5")
+model_runs "$out" "meta-lstm ${common[*]}" $models
 train_queues "$jobs"
 [ -n "${TRAIN_ONLY:-}" ] && exit 0
 for model in $models; do

@@ -27,11 +27,7 @@ declare -A args=(
   [5w1s]="--ways 5 --shots 1 --queries 10"
   [20w1s]="--ways 20 --shots 1 --queries 5"
 )
-RUNS=()
-for model in $models; do
-  if [ -z "${args[$model]:-}" ]; then echo "unknown model $model (choose from: ${!args[*]})" >&2; exit 2; fi
-  RUNS+=("$out/$model|metanet ${common[*]} ${args[$model]}")
-done
+model_runs "$out" "metanet ${common[*]}" $models
 train_queues "$jobs"
 [ -n "${TRAIN_ONLY:-}" ] && exit 0
 for model in $models; do

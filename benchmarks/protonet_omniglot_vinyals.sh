@@ -19,11 +19,7 @@ declare -A args=(
   [shot1]="--shots 1 --val-shots 1 --episodes 20000"
   [shot5]="--shots 5 --val-shots 5 --episodes 12000"
 )
-RUNS=()
-for model in $models; do
-  if [ -z "${args[$model]:-}" ]; then echo "unknown model $model (choose from: ${!args[*]})" >&2; exit 2; fi
-  RUNS+=("$out/$model|protonet ${common[*]} ${args[$model]}")
-done
+model_runs "$out" "protonet ${common[*]}" $models
 train_queues "$jobs"
 [ -n "${TRAIN_ONLY:-}" ] && exit 0
 for model in $models; do run_summary "$out/$model"; done
