@@ -24,11 +24,8 @@ train_queues "$jobs"
 for model in $models; do
   shots=${model##*w}; shots=${shots%s}
   run_summary "$out/$model"
-  if [ -n "${MAML:-}" ] && [ -d "$MAML/$model" ]; then
-    kshot compare "$out/$model" "$MAML/$model" --ways 5 --shots "$shots" --queries 15 \
-      --episodes 1000 --seed "$seed" --threads "$threads" --json
-  else
-    kshot eval "$out/$model" --ways 5 --shots "$shots" --queries 15 --episodes 1000 \
-      --seed "$seed" --threads "$threads" --json
-  fi
+  score=(eval "$out/$model")
+  if [ -n "${MAML:-}" ] && [ -d "$MAML/$model" ]; then score=(compare "$out/$model" "$MAML/$model"); fi
+  kshot "${score[@]}" --ways 5 --shots "$shots" --queries 15 --episodes 1000 \
+    --seed "$seed" --threads "$threads" --json
 done

@@ -36,11 +36,9 @@ for model in $models; do
   runs=("$out/$model")
   if [ -n "${MAML:-}" ]; then runs+=("$MAML/$model"); fi
   if [ -n "${PROTONET:-}" ]; then runs+=("$PROTONET/shot1"); fi
-  if [ "${#runs[@]}" -ge 2 ]; then  # its per-run lines are the `kshot eval --json` ones
-    kshot compare "${runs[@]}" --ways "$ways" --shots 1 --queries 15 --episodes 1000 \
-      --seed "$seed" --threads "$threads" --json
-  else
-    kshot eval "$out/$model" --ways "$ways" --shots 1 --queries 15 --episodes 1000 \
-      --seed "$seed" --threads "$threads" --json
-  fi
+  score=(eval "$out/$model")
+  # compare's per-run lines are the `kshot eval --json` ones
+  if [ "${#runs[@]}" -ge 2 ]; then score=(compare "${runs[@]}"); fi
+  kshot "${score[@]}" --ways "$ways" --shots 1 --queries 15 --episodes 1000 \
+    --seed "$seed" --threads "$threads" --json
 done
