@@ -9,13 +9,15 @@
 # each, JOBS (default 2) side by side on THREADS (default 2) cores. MODELS (default "5w1s 20w1s")
 # picks the models; finished runs are not retrained, killed ones resume.
 # Each model is then scored once on 1000 test episodes of its own setting (15 queries per class,
-# seeded EVAL_SEED, default 123): one `kshot eval --json` line each. With MAML=DIR (the output
-# folder of maml_omniglot_vinyals.sh: its 5w1s and 20w1s models) and/or PROTONET=DIR (that of
-# protonet_omniglot_vinyals.sh: its 1-shot model), `kshot compare --json` scores them beside this
-# model on the same episodes instead (its per-run lines are the `kshot eval --json` ones, then one
-# per pair; the table on stderr): Meta Networks' scoring is slow, so it is done once.
+# seeded EVAL_SEED, default 123) by one `kshot compare --json`, beside kNN on pixels (1 neighbour;
+# `$OUT/knn-pixels`, nothing to train) and the partner runs given: MAML=DIR (the output folder of
+# maml_omniglot_vinyals.sh: its model of the same setting), PROTONET=DIR (that of
+# protonet_omniglot_vinyals.sh: its 1-shot model), MANN=DIR (that of mann_omniglot.sh: the one-hot
+# model for 5-way episodes, the string-label one for more ways), all on the same episodes. Its
+# per-run lines are the `kshot eval --json` ones, then one per pair; the table on stderr. Meta
+# Networks' scoring is slow, so it is done once.
 # Re-run with another EVAL_SEED to re-score the finished runs without retraining.
-# usage: [MAML=DIR] [PROTONET=DIR] bash benchmarks/metanet_omniglot_vinyals.sh OUT
+# usage: [MAML=DIR] [PROTONET=DIR] [MANN=DIR] bash benchmarks/metanet_omniglot_vinyals.sh OUT
 set -euo pipefail
 out=${1:?usage: bash benchmarks/metanet_omniglot_vinyals.sh OUT}
 source "$(dirname "$0")/common.sh"
@@ -30,15 +32,17 @@ declare -A args=(
 model_runs "$out" "metanet ${common[*]}" $models
 train_queues "$jobs"
 [ -n "${TRAIN_ONLY:-}" ] && exit 0
+train_run "$out/knn-pixels" knn --dataset omniglot --split vinyals --image-size 28 --k 1 \
+  --val-episodes 0 --episodes 0 --threads "$threads"
 for model in $models; do
   run_summary "$out/$model"
   ways=${model%%w*}
   runs=("$out/$model")
   if [ -n "${MAML:-}" ]; then runs+=("$MAML/$model"); fi
   if [ -n "${PROTONET:-}" ]; then runs+=("$PROTONET/shot1"); fi
-  score=(eval "$out/$model")
-  # compare's per-run lines are the `kshot eval --json` ones
-  if [ "${#runs[@]}" -ge 2 ]; then score=(compare "${runs[@]}"); fi
-  kshot "${score[@]}" --ways "$ways" --shots 1 --queries 15 --episodes 1000 \
-    --seed "$seed" --threads "$threads" --json
+  if [ -n "${MANN:-}" ]; then
+    if [ "$ways" -le 5 ]; then runs+=("$MANN/onehot5"); else runs+=("$MANN/string15"); fi
+  fi
+  kshot compare "${runs[@]}" "$out/knn-pixels" --ways "$ways" --shots 1 --queries 15 \
+    --episodes 1000 --seed "$seed" --threads "$threads" --json
 done

@@ -207,10 +207,10 @@ def _check_comparable(run_dirs: Sequence[str | Path], configs: list[dict[str, An
     first_dir, first = run_dirs[0], configs[0]["data"]
     for run_dir, config in zip(run_dirs[1:], configs[1:]):
         data = config["data"]
-        if tuple(data["item_shape"]) != tuple(first["item_shape"]):
+        if tuple(data["item_shape"][:-2]) != tuple(first["item_shape"][:-2]):
             raise KShotError(f"{run_dir} works on items of shape {tuple(data['item_shape'])} but "
-                             f"{first_dir} on {tuple(first['item_shape'])}; compare runs trained "
-                             "with the same --image-size")
+                             f"{first_dir} on {tuple(first['item_shape'])}; compare runs whose "
+                             "items have the same channels")
         if not same_data:
             continue
         if data["dataset"] != first["dataset"]:
@@ -223,6 +223,20 @@ def _check_comparable(run_dirs: Sequence[str | Path], configs: list[dict[str, An
             raise KShotError(f"{run_dir} was trained on the {split} split but {first_dir} on "
                              f"{first_split}; compare runs of one split, or name the test set "
                              "with --dataset and --split")
+
+
+def _check_same_items(datasets: Sequence[Any]) -> None:
+    """Refuse test sets (one per image size) whose episodes of one seed would not be the same
+    items: their classes or class sizes differ."""
+    from kshot.protocol import class_ids
+
+    first = datasets[0]
+    for other in datasets[1:]:
+        if class_ids(other) != class_ids(first) or not torch.equal(other.sizes, first.sizes):
+            raise KShotError(f"{first.name} at {tuple(first.item_shape)} and at "
+                             f"{tuple(other.item_shape)} do not hold the same classes and items, so "
+                             "the runs cannot be scored on the same episodes; compare runs trained "
+                             "with the same --image-size")
 
 
 def compare_runs(
@@ -245,12 +259,13 @@ def compare_runs(
     on_note: Callable[[str], None] | None = None,
     test_options: dict[str, str] | None = None,
 ) -> ComparisonResult:
-    """Score every run on the same episodes (one sampler, ``seed``) and compare each pair.
+    """Score every run on the same episodes (one ``seed``) and compare each pair.
 
     The test set is chosen as ``kshot eval`` chooses it, from the first run (``dataset`` /
     ``split`` / ``folder`` / ``test_rotations`` as its options), or Lake's 20 runs with
-    ``lake_runs``. The runs must share their item shape, and, unless the test set is named
-    (``dataset`` or ``lake_runs``), their data set and split. Every run passes the overlap guard
+    ``lake_runs``. Each run is scored at its own image size: the test set is loaded once per size
+    and every episode holds the same items at each. The runs must share their channels, and,
+    unless the test set is named (``dataset`` or ``lake_runs``), their data set and split. Every run passes the overlap guard
     (:func:`kshot.protocol.check_overlap`) before any is scored. ``on_note`` receives the note of
     a run whose scored checkpoint is not the one asked for. ``test_options`` (``kshot compare
     --set``) apply to each run whose method has them; one that no run's method has is refused.
@@ -270,16 +285,21 @@ def compare_runs(
 
     configs = _read_configs(run_dirs)
     _check_comparable(run_dirs, configs, same_data=dataset is None and not lake_runs)
-    image_size = configs[0]["data"]["item_shape"][-1]
+    # each run is scored at its own --image-size: the test set is loaded once per size, and the
+    # samplers of one seed draw the same items from each (checked: same classes, same sizes)
+    image_sizes = [config["data"]["item_shape"][-1] for config in configs]
     # everything that can refuse (test set, overlap, checkpoints) happens before any scoring
     if lake_runs:
-        runs = load_lake_runs(image_size, data_dir)
+        lake = {size: load_lake_runs(size, data_dir) for size in dict.fromkeys(image_sizes)}
         scored, what = lake_run_class_ids(data_dir), "Lake's 20 runs"
     else:
-        dataset, split, test_data = load_test_data(configs[0]["data"], image_size, dataset, split,
-                                                   folder, test_rotations, data_dir, progress)
+        samplers = {}
+        for size in dict.fromkeys(image_sizes):
+            dataset, split, test_data = load_test_data(configs[0]["data"], size, dataset, split,
+                                                       folder, test_rotations, data_dir, progress)
+            samplers[size] = EpisodeSampler(test_data, ways, shots, queries, seed=seed)
+        _check_same_items([sampler.dataset for sampler in samplers.values()])
         scored, what = class_ids(test_data), test_data.name
-        sampler = EpisodeSampler(test_data, ways, shots, queries, seed=seed)
     overlaps = [check_overlap(run_dir, scored, what, allow_overlap) for run_dir in run_dirs]
     options = [_options_for(config["method"], test_options or {}) for config in configs]
     unused = set(test_options or {}) - {name for chosen in options for name in chosen}
@@ -289,21 +309,22 @@ def compare_runs(
     loaded = [load_run(run_dir, test_options=chosen) for run_dir, chosen in zip(run_dirs, options)]
 
     scores = []
-    for run_dir, label, overlap, chosen_options, (learner, run_config, checkpoint) in zip(
-            run_dirs, _labels(run_dirs), overlaps, options, loaded):
+    for run_dir, label, overlap, chosen_options, size, (learner, run_config, checkpoint) in zip(
+            run_dirs, _labels(run_dirs), overlaps, options, image_sizes, loaded):
         if checkpoint.get("note") and on_note is not None:
             on_note(checkpoint["note"])
         learner.to(device)
         if lake_runs:
-            result = evaluate_lake_runs(learner, runs, device=device)
+            result = evaluate_lake_runs(learner, lake[size], device=device)
             record = lake_record(run_dir, run_config, checkpoint, result, overlap)
             values = torch.tensor(result["per_run"], dtype=torch.float64)
             mean, ci95 = float(values.mean()), confidence95(values)
             rate = len(values) / result["seconds"] if result["seconds"] > 0 else float("inf")
         else:
-            report = evaluate(learner, sampler, episodes, batch_size=batch_size, device=device,
-                              progress=progress)
-            record = eval_record(run_dir, run_config, checkpoint, report, test_data, dataset,
+            report = evaluate(learner, samplers[size], episodes, batch_size=batch_size,
+                              device=device, progress=progress)
+            record = eval_record(run_dir, run_config, checkpoint, report,
+                                 samplers[size].dataset, dataset,
                                  split, overlap, chosen_options)
             values = report.per_episode.double() * 100
             mean, ci95 = report.accuracy * 100, report.ci95 * 100

@@ -215,18 +215,47 @@ def test_missing_run_and_single_run(capsys, runs, tmp_path: Path) -> None:
     assert_user_error(code, out, err, match="not a kshot run directory")
 
 
-def test_runs_of_different_image_sizes_or_splits(capsys, runs, tmp_path: Path) -> None:
+def test_runs_of_different_image_sizes_are_scored_each_at_its_own(capsys, runs,
+                                                                   tmp_path: Path) -> None:
     def smaller(data):
         data["image_size"], data["item_shape"] = 14, [1, 14, 14]
 
     small = _edited_copy(runs.knn, tmp_path / "small", smaller)
-    code, out, err = kshot(capsys, "compare", runs.protonet, small, *EVAL)
-    assert_user_error(code, out, err, match="same --image-size")
+    code, out, err = kshot(capsys, "compare", runs.protonet, small, runs.knn, "--json", *EVAL)
+    assert code == 0, err
+    protonet, knn14, knn28 = (json.loads(line) for line in out.splitlines()[:3])
+    # each line is the run's own `kshot eval` (at its own size) on the seed's episodes
+    for record, run_dir in ((protonet, runs.protonet), (knn14, small), (knn28, runs.knn)):
+        alone = _eval_record(capsys, run_dir, *EVAL)
+        assert {k: v for k, v in record.items() if k not in TIMING} == \
+            {k: v for k, v in alone.items() if k not in TIMING}
+    assert knn14["accuracy"] != knn28["accuracy"]  # the 14-pixel images really were used
+
+
+def test_runs_of_different_channels_or_splits(capsys, runs, tmp_path: Path) -> None:
+    colour = _edited_copy(runs.knn, tmp_path / "colour",
+                          lambda data: data.update(item_shape=[3, 28, 28]))
+    code, out, err = kshot(capsys, "compare", runs.protonet, colour, *EVAL)
+    assert_user_error(code, out, err, match="same channels")
     assert out == ""
     vinyals = _edited_copy(runs.knn, tmp_path / "vinyals",
                            lambda data: data.update(split="vinyals"))
     code, out, err = kshot(capsys, "compare", runs.protonet, vinyals, *EVAL)
     assert_user_error(code, out, err, match="split")
+
+
+def test_test_sets_of_other_items_are_refused() -> None:
+    from kshot.compare import _check_same_items
+    from kshot.data.dataset import ClassDataset
+
+    def dataset(sizes, image_size):
+        labels = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+        return ClassDataset.from_labels(torch.zeros(len(labels), 1, image_size, image_size),
+                                        labels, [f"c{i}" for i in range(len(sizes))], name="toy")
+
+    _check_same_items([dataset([3, 4], 8), dataset([3, 4], 5)])  # same classes and sizes: fine
+    with pytest.raises(KShotError, match="same classes and items"):
+        _check_same_items([dataset([3, 4], 8), dataset([3, 5], 5)])
 
 
 def test_overlap_guard(capsys, runs, tmp_path: Path) -> None:
