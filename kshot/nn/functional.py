@@ -58,34 +58,29 @@ class TaskBatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(source.num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, var, centered = self._statistics(x, need_centered=True)
-        scale = self._scale(var, x.ndim)
-        out = centered * scale
+        var, centered = self._statistics(x)
+        out = centered * self._scale(var, x.ndim)
         return out + self.bias.view(_channel_shape(x.ndim)) if self.bias is not None else out
 
-    def _statistics(self, x: torch.Tensor, need_centered: bool = False):
-        """``(mean, var, x - mean)`` shaped to broadcast over ``x`` (the centred input only when
-        asked): the running averages, or the batch's own statistics (folded into the running
-        averages when :meth:`TaskModel.update_running` asks)."""
+    def _statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(var, x - mean)``, the variance shaped to broadcast over ``x``: by the running
+        averages, or by the batch's own statistics (folded into the running averages when
+        :meth:`TaskModel.update_running` asks)."""
         shape = _channel_shape(x.ndim)
         if self.use_running and not self.training:
-            mean, var = self.running_mean.view(shape), self.running_var.view(shape)
-            return mean, var, x - mean if need_centered else None
+            return self.running_var.view(shape), x - self.running_mean.view(shape)
         dims = [0] + list(range(2, x.ndim))  # every dimension but the channels
-        if need_centered:
-            mean = x.mean(dims, keepdim=True)
-            centered = x - mean
-            var = centered.pow(2).mean(dims, keepdim=True)
-        else:  # one pass over the input
-            var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
-            centered = None
+        mean = x.mean(dims, keepdim=True)
+        centered = x - mean
+        # two passes, not torch.var_mean (whose one-pass kernel is several times slower on CPU)
+        var = (centered * centered).mean(dims, keepdim=True)
         if self.updating:
             count = x.numel() // x.shape[1]
             with torch.no_grad():
                 self.running_mean.lerp_(mean.flatten(), self.momentum)
                 unbiased = var.flatten() * count / max(count - 1, 1)
                 self.running_var.lerp_(unbiased, self.momentum)
-        return mean, var, centered
+        return var, centered
 
     def _scale(self, var: torch.Tensor, ndim: int) -> torch.Tensor:
         scale = torch.rsqrt(var + self.eps)
@@ -94,16 +89,17 @@ class TaskBatchNorm(nn.Module):
 
 class TaskNormReluPool(TaskBatchNorm):
     """:class:`TaskBatchNorm`, ReLU and a max-pool in one module, pooling first: the same values
-    and gradients (up to rounding) with the per-pixel work of the normalisation and the ReLU done
-    on the pooled map, a quarter of the size after a 2×2 pool.
+    and gradients (up to rounding) with the per-pixel work of the scaling, the offset and the ReLU
+    done on the pooled map, a quarter of the size after a 2×2 pool.
 
     Exact because, channel by channel, the normalisation ``(x - μ) γ / σ + β`` is monotone
     (increasing where ``γ ≥ 0``, decreasing where ``γ < 0``) and so is the ReLU: the maximum of the
     normalised window is the normalised maximum of the window (``γ ≥ 0``) or of its minimum (``γ <
-    0``, the max-pool of ``-x``, negated). The statistics are still those of the whole map, taken
-    in one pass. :class:`TaskModel` puts it in place of every BN → ReLU → max-pool run of layers (the
-    ReLU and the pool become ``nn.Identity``): parameter and buffer names do not change, so a
-    checkpoint loads either way. Second-order MAML on Conv4 runs about 1.2× faster with it on CPU.
+    0``, the max-pool of ``-x``, negated). The statistics are still those of the whole map.
+    :class:`TaskModel` puts it in place of every BN → ReLU → max-pool run of layers (the ReLU and
+    the pool become ``nn.Identity``): parameter and buffer names do not change, so a checkpoint
+    loads either way. Second-order MAML on Conv4 runs about 1.3× faster with it on CPU (one
+    thread, measured against the plain layers in one process).
     """
 
     def __init__(self, norm: TaskBatchNorm, pool: nn.MaxPool2d) -> None:
@@ -116,16 +112,16 @@ class TaskNormReluPool(TaskBatchNorm):
         self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = _channel_shape(x.ndim)
-        mean, var, _ = self._statistics(x)
+        var, centered = self._statistics(x)
         if self.weight is None:
-            pooled = self.pool(x)
+            pooled = self.pool(centered)
         else:  # +1 where the normalisation increases, -1 where it decreases: max- or min-pool
-            sign = torch.where(self.weight.detach() >= 0, 1.0, -1.0).to(x.dtype).view(shape)
-            pooled = self.pool(x * sign) * sign
-        out = (pooled - mean) * self._scale(var, x.ndim)
+            sign = torch.where(self.weight.detach() >= 0, 1.0, -1.0).to(x.dtype)
+            sign = sign.view(_channel_shape(x.ndim))
+            pooled = self.pool(centered * sign) * sign
+        out = pooled * self._scale(var, x.ndim)
         if self.bias is not None:
-            out = out + self.bias.view(shape)
+            out = out + self.bias.view(_channel_shape(x.ndim))
         return torch.relu(out)
 
 
