@@ -265,8 +265,8 @@ def compare_runs(
     ``split`` / ``folder`` / ``test_rotations`` as its options), or Lake's 20 runs with
     ``lake_runs``. Each run is scored at its own image size: the test set is loaded once per size
     and every episode holds the same items at each. The runs must share their channels, and,
-    unless the test set is named (``dataset`` or ``lake_runs``), their data set and split. Every run passes the overlap guard
-    (:func:`kshot.protocol.check_overlap`) before any is scored. ``on_note`` receives the note of
+    unless the test set is named (``dataset`` or ``lake_runs``), their data set and split. Every
+    run passes the overlap guard (:func:`kshot.protocol.check_overlap`) before any is scored. ``on_note`` receives the note of
     a run whose scored checkpoint is not the one asked for. ``test_options`` (``kshot compare
     --set``) apply to each run whose method has them; one that no run's method has is refused.
     """

@@ -107,13 +107,8 @@ class TaskNormReluPool(TaskBatchNorm):
     the plain layers (``benchmarks/maml_block_ab.py``, one thread, on a busy machine).
     """
 
-    def __init__(self, norm: TaskBatchNorm, pool: nn.MaxPool2d) -> None:
-        nn.Module.__init__(self)
-        self.eps, self.momentum = norm.eps, norm.momentum
-        self.weight, self.bias = norm.weight, norm.bias
-        self.use_running, self.updating = norm.use_running, norm.updating
-        self.register_buffer("running_mean", norm.running_mean)
-        self.register_buffer("running_var", norm.running_var)
+    def __init__(self, source: nn.modules.batchnorm._BatchNorm, pool: nn.MaxPool2d) -> None:
+        super().__init__(source)
         self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,19 +133,19 @@ def _replace_norms(module: nn.Module, fuse: bool) -> None:
     """Every batch norm becomes a :class:`TaskBatchNorm`; with ``fuse``, one followed by a ReLU and
     a max-pool (in a ``Sequential``) a :class:`TaskNormReluPool`, the ReLU and the pool
     ``nn.Identity``."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            setattr(module, name, TaskBatchNorm(child))
-        else:
-            _replace_norms(child, fuse)
     if fuse and isinstance(module, nn.Sequential):
         layers = list(module)
         for index in range(len(layers) - 2):
             norm, relu, pool = layers[index:index + 3]
-            if (type(norm) is TaskBatchNorm and type(relu) is nn.ReLU
+            if (isinstance(norm, nn.modules.batchnorm._BatchNorm) and type(relu) is nn.ReLU
                     and type(pool) is nn.MaxPool2d and not pool.return_indices):
                 module[index] = TaskNormReluPool(norm, pool)
                 module[index + 1], module[index + 2] = nn.Identity(), nn.Identity()
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, TaskBatchNorm(child))
+        elif not isinstance(child, TaskBatchNorm):
+            _replace_norms(child, fuse)
 
 
 class TaskModel:
