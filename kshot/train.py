@@ -54,6 +54,13 @@ class TrainConfig:
     """Query images per class in training episodes."""
     meta_batch: int = 1
     """Episodes per optimiser step."""
+    task_chunk: int = 0
+    """Episodes per forward and backward pass (0: the whole meta-batch in one): each meta-batch
+    is split into chunks of this many episodes whose gradients are summed, each chunk's loss
+    weighted by its share of the episodes, before the one optimiser step, so peak memory is that of
+    a chunk. The same gradient for a loss that is the mean over the batch's episodes (MAML, the
+    LSTM meta-learner, every loss that averages equal episodes), up to rounding; running
+    batch-norm averages are updated once per chunk."""
     lr: float = 1e-3
     """Adam learning rate."""
     weight_decay: float = 0.0
@@ -106,7 +113,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, episodes=NON_NEGATIVE, ways=AT_LEAST_ONE, shots=AT_LEAST_ONE,
-                     queries=NON_NEGATIVE, meta_batch=AT_LEAST_ONE, lr=POSITIVE,
+                     queries=NON_NEGATIVE, meta_batch=AT_LEAST_ONE, task_chunk=NON_NEGATIVE,
+                     lr=POSITIVE,
                      weight_decay=NON_NEGATIVE, grad_clip=NON_NEGATIVE, decay_every=AT_LEAST_ONE,
                      lr_decay=Range(0, 1, low_open=True), val_every=AT_LEAST_ONE,
                      val_episodes=NON_NEGATIVE, val_ways=AT_LEAST_ONE, val_shots=AT_LEAST_ONE,
@@ -328,12 +336,27 @@ class Trainer:
         return metrics
 
     def _backward(self, batch) -> dict[str, float]:
+        """The gradient of the batch's loss, in chunks of ``task_chunk`` episodes if set: each
+        chunk's loss (and metrics) weighted by its share of the episodes."""
+        self.optimizer.zero_grad(set_to_none=True)
+        chunks = batch.chunks(self.config.task_chunk) if self.config.task_chunk else [batch]
+        if len(chunks) == 1:
+            loss, metrics = self._loss(batch)
+            loss.backward()
+            return metrics
+        totals: dict[str, float] = {}
+        for chunk in chunks:
+            share = chunk.size / batch.size
+            loss, metrics = self._loss(chunk)
+            (loss * share).backward()
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value * share
+        return totals
+
+    def _loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.config.precision == "bf16"):
-            loss, metrics = self.learner.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        return metrics
+            return self.learner.loss(batch)
 
     def record_seen(self) -> None:
         """Write the run's ``classes.json`` (kshot.protocol) unless it has one: the classes it

@@ -190,6 +190,20 @@ def test_stack_unbatch_round_trip(many_classes: ClassDataset) -> None:
     assert episodes[0].unbatch() == [episodes[0]]
 
 
+def test_chunks_split_a_batch_in_order(many_classes: ClassDataset) -> None:
+    sampler = EpisodeSampler(many_classes, 4, 1, 1, seed=2)
+    batch = sampler.batch(range(5))
+    chunks = batch.chunks(2)
+    assert [chunk.size for chunk in chunks] == [2, 2, 1] and batch.size == 5
+    assert all(chunk.batched and (chunk.n_way, chunk.k_shot) == (4, 1) for chunk in chunks)
+    assert_episodes_equal(Episode.stack([e for c in chunks for e in c.unbatch()]), batch)
+    assert batch.chunks(5) == [batch] and batch.chunks(9) == [batch]
+    single = sampler.episode(0)
+    assert single.size == 1 and single.chunks(1) == [single]
+    with pytest.raises(KShotError, match="at least one episode"):
+        batch.chunks(0)
+
+
 def test_stack_rejects_mixed_shapes(many_classes: ClassDataset) -> None:
     one = EpisodeSampler(many_classes, 4, 1, 1).episode(0)
     other = EpisodeSampler(many_classes, 3, 1, 1).episode(0)

@@ -312,6 +312,34 @@ def test_memory_stays_flat_over_training_steps(tmp_path) -> None:
     assert graphs_a > 0 and count_b > count_a and graphs_b > graphs_a
 
 
+def test_task_chunks_give_the_meta_batch_gradient_and_metrics(tmp_path) -> None:
+    """A meta-batch of 6 tasks trained in chunks of 4 (passes of 4 and 2 tasks) and in one pass:
+    the same meta-gradient and the same metrics, each chunk weighted by its share."""
+    episode = _random_images(6, queries=2, seed=3)
+    results = []
+    for chunk in (0, 4):
+        learner = _maml({"n_way": 5, "hidden": 8}, IMAGE)
+        sizes = []
+        loss = learner.loss
+
+        def recording(batch, loss=loss, sizes=sizes):
+            sizes.append(batch.size)
+            return loss(batch)
+
+        learner.loss = recording
+        config = TrainConfig(episodes=6, ways=5, shots=1, queries=2, meta_batch=6,
+                             task_chunk=chunk, val_episodes=0)
+        trainer = Trainer(learner, config, tmp_path / str(chunk), _image_dataset(), progress=False)
+        metrics = trainer._backward(episode)
+        grads = {name: p.grad for name, p in learner.named_parameters()}
+        results.append((sizes, metrics, _flat(grads)))
+    (sizes_whole, whole, grad_whole), (sizes_chunked, chunked, grad_chunked) = results
+    assert sizes_whole == [6] and sizes_chunked == [4, 2]
+    assert _relative(grad_chunked, grad_whole) < 1e-5
+    assert chunked == pytest.approx(whole, rel=1e-5)
+    assert set(chunked) == {"loss", "accuracy"}
+
+
 # --- Meta-SGD ----------------------------------------------------------------------------------
 
 

@@ -51,6 +51,21 @@ class Episode:
     def batched(self) -> bool:
         return self.support_y.ndim == 2
 
+    @property
+    def size(self) -> int:
+        """Episodes in the batch (1 when not batched)."""
+        return self.support_y.shape[0] if self.batched else 1
+
+    def chunks(self, size: int) -> list[Episode]:
+        """The batch as consecutive batches of at most ``size`` episodes (itself when it has no
+        more, or is not batched)."""
+        if size < 1:
+            raise KShotError(f"chunks of at least one episode, got {size}")
+        if not self.batched or self.size <= size:
+            return [self]
+        parts = zip(*(t.split(size) for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
+        return [Episode(*part, self.n_way, self.k_shot) for part in parts]
+
     def items(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Support and query items together with their labels, for losses over a labelled batch
         (pairs, triplets: an episode is a batch of ``n_way`` classes × ``k_shot + n_query`` items):
