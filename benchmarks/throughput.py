@@ -4,7 +4,8 @@
 model of easyfsl's MatchingNetworks at 5-way 1-shot), ``siamese`` (``--loss``) or ``maml``
 (learn2learn's protocol: second order, 1 query per class in training, meta-batch 32, 1 inner step
 with α = 0.4 in training and at test; ``train_episodes_per_s`` counts meta-iterations, and
-``--memory-check N`` adds the peak resident memory after 100 and after N meta-iterations). Prints one JSON
+``--memory-check N`` adds the peak resident memory after 100, 200, 500, 1000, ... and N
+meta-iterations: ``peak_rss_mb_after_<steps>``). Prints one JSON
 line: {"library", "method", "compile", "train_episodes_per_s", "eval_episodes_per_s",
 "peak_rss_mb", ...}. ``benchmarks/throughput.sh`` runs it beside easyfsl in the same run.
 Data: Omniglot background (train) and evaluation (test) alphabets, in memory, as easyfsl's and
@@ -43,7 +44,8 @@ def main() -> None:
                         help="training arithmetic (TrainConfig.precision)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--memory-check", type=int, default=0, metavar="N",
-                        help="maml: also train to N meta-iterations, peak memory after 100 and N")
+                        help="maml: also train to N meta-iterations, peak memory after 100, 200, "
+                             "500, ... and N")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="compiled / fused backbones (kshot's default) or eager PyTorch")
     args = parser.parse_args()
@@ -96,10 +98,12 @@ def main() -> None:
 
 def memory_check(learner, train_data, queries: int, meta_batch: int, iterations: int,
                  run_dir: str, device: str = "cpu") -> dict[str, float]:
-    """Peak resident memory (MB) after 100 and after ``iterations`` training steps (and on a GPU
-    the peak of its allocated memory)."""
+    """Peak resident memory (MB) after 100, 200, 500, 1000, 2000, ... and ``iterations`` training
+    steps, a curve of the peak by iteration (and on a GPU the peak of its allocated memory)."""
     peaks = {}
-    for steps in (100, iterations):
+    marks = sorted({m * 10**e for e in range(2, 9) for m in (1, 2, 5) if m * 10**e < iterations}
+                   | {iterations})
+    for steps in marks:
         config = TrainConfig(episodes=steps * meta_batch, ways=5, shots=1, queries=queries,
                              meta_batch=meta_batch, val_episodes=0, log_every=10**9,
                              schedule="constant", checkpoint_every_s=10**9)
