@@ -266,9 +266,10 @@ def compare_runs(
     ``lake_runs``. Each run is scored at its own image size: the test set is loaded once per size
     and every episode holds the same items at each. The runs must share their channels, and,
     unless the test set is named (``dataset`` or ``lake_runs``), their data set and split. Every
-    run passes the overlap guard (:func:`kshot.protocol.check_overlap`) before any is scored. ``on_note`` receives the note of
-    a run whose scored checkpoint is not the one asked for. ``test_options`` (``kshot compare
-    --set``) apply to each run whose method has them; one that no run's method has is refused.
+    run passes the overlap guard (:func:`kshot.protocol.check_overlap`) before any is scored.
+    ``on_note`` receives the note of a run whose scored checkpoint is not the one asked for.
+    ``test_options`` (``kshot compare --set``) apply to each run whose method has them; one that
+    no run's method has is refused.
     """
     from kshot.checkpoint import load_run
     from kshot.data.episodes import EpisodeSampler

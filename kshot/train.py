@@ -114,8 +114,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_ranges(self, episodes=NON_NEGATIVE, ways=AT_LEAST_ONE, shots=AT_LEAST_ONE,
                      queries=NON_NEGATIVE, meta_batch=AT_LEAST_ONE, task_chunk=NON_NEGATIVE,
-                     lr=POSITIVE,
-                     weight_decay=NON_NEGATIVE, grad_clip=NON_NEGATIVE, decay_every=AT_LEAST_ONE,
+                     lr=POSITIVE, weight_decay=NON_NEGATIVE, grad_clip=NON_NEGATIVE, decay_every=AT_LEAST_ONE,
                      lr_decay=Range(0, 1, low_open=True), val_every=AT_LEAST_ONE,
                      val_episodes=NON_NEGATIVE, val_ways=AT_LEAST_ONE, val_shots=AT_LEAST_ONE,
                      val_queries=AT_LEAST_ONE, time_budget=NON_NEGATIVE,
@@ -340,15 +339,11 @@ class Trainer:
         chunk's loss (and metrics) weighted by its share of the episodes."""
         self.optimizer.zero_grad(set_to_none=True)
         chunks = batch.chunks(self.config.task_chunk) if self.config.task_chunk else [batch]
-        if len(chunks) == 1:
-            loss, metrics = self._loss(batch)
-            loss.backward()
-            return metrics
         totals: dict[str, float] = {}
         for chunk in chunks:
             share = chunk.size / batch.size
             loss, metrics = self._loss(chunk)
-            (loss * share).backward()
+            (loss * share if share != 1 else loss).backward()
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value * share
         return totals

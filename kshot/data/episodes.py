@@ -63,8 +63,9 @@ class Episode:
             raise KShotError(f"chunks of at least one episode, got {size}")
         if not self.batched or self.size <= size:
             return [self]
-        parts = zip(*(t.split(size) for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
-        return [Episode(*part, self.n_way, self.k_shot) for part in parts]
+        tensors = (self.support_x, self.support_y, self.query_x, self.query_y)
+        return [Episode(*part, self.n_way, self.k_shot)
+                for part in zip(*(t.split(size) for t in tensors))]
 
     def items(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Support and query items together with their labels, for losses over a labelled batch
