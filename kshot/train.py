@@ -338,10 +338,13 @@ class Trainer:
         """The gradient of the batch's loss, in chunks of ``task_chunk`` episodes if set: each
         chunk's loss (and metrics) weighted by its share of the episodes."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.config.task_chunk and not hasattr(batch, "chunks"):
+            raise KShotError(f"--task-chunk splits batches of episodes; {type(batch).__name__} "
+                             "cannot be split")
         chunks = batch.chunks(self.config.task_chunk) if self.config.task_chunk else [batch]
         totals: dict[str, float] = {}
         for chunk in chunks:
-            share = chunk.size / batch.size
+            share = chunk.size / batch.size if len(chunks) > 1 else 1.0
             loss, metrics = self._loss(chunk)
             (loss * share if share != 1 else loss).backward()
             for key, value in metrics.items():

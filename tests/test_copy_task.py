@@ -300,3 +300,13 @@ def test_copy_batch_is_an_episode_without_support():
     scores = ntm.episode_scores(logits, batch.query_y)
     assert scores.shape == (4,)
     torch.testing.assert_close(scores, bit_errors(batch.output_phase(logits), batch.targets))
+
+
+def test_task_chunks_refuse_copy_batches(tmp_path):
+    """--task-chunk splits batches of episodes; a copy batch (sequences of one length) is refused
+    with a clear error at the first step, not an AttributeError."""
+    config = TrainConfig(episodes=4, ways=1, shots=1, queries=1, meta_batch=4, task_chunk=2,
+                         val_episodes=0)
+    with pytest.raises(KShotError, match="CopyBatch cannot be split"):
+        train_task_run(tmp_path / "run", "ntm", CopyTask(width=3, min_length=1, max_length=2),
+                       config, {"controller_size": 8, "memory_slots": 4, "memory_width": 3})
