@@ -7,9 +7,10 @@
 # these 2 cores first order learns far less per second than second order); and a first-order 5w1s
 # model. At most BUDGET seconds (default 7200) of training each, JOBS (default 2) side by side on
 # THREADS (default 2) cores. Validation every 16000 episodes (500 meta-iterations) of the 5-way
-# models, every 3200 (200 meta-iterations) of the 20-way ones, whose meta-iterations are ~20 times
-# the work. The 20-way 5-shot model trains its meta-batch of 16 in chunks of 4 tasks (the same
-# gradient; one pass of all 16 holds ~20 GB of second-order graphs).
+# models, every 3200 (200 meta-iterations) of the 20-way 1-shot one, whose meta-iterations are ~20
+# times the work, every 640 (40 meta-iterations, ~1 hour on one core) of the 20-way 5-shot one.
+# The 20-way 5-shot model trains its meta-batch of 16 in chunks of 4 tasks (the same gradient; one
+# pass of all 16 holds ~20 GB of second-order graphs).
 # MODELS (default "5w1s 5w5s 20w1s 20w5s fo5w1s") picks the models.
 # Each model is then scored on 1000 test episodes of its own setting (15 queries per class, seeded
 # EVAL_SEED, default 123) with batch norm both ways (per-episode statistics, as the paper, and the
@@ -29,7 +30,7 @@ declare -A args=(
   [5w1s]="--ways 5 --shots 1 --val-every 16000 --first-order-episodes $warmup"
   [5w5s]="--ways 5 --shots 5 --val-every 16000 --first-order-episodes $warmup"
   [20w1s]="--ways 20 --shots 1 --val-every 3200 --first-order-episodes $warmup"
-  [20w5s]="--ways 20 --shots 5 --val-every 3200 --task-chunk 4 --first-order-episodes $warmup"
+  [20w5s]="--ways 20 --shots 5 --val-every 640 --task-chunk 4 --first-order-episodes $warmup"
   [fo5w1s]="--ways 5 --shots 1 --val-every 16000 --first-order"
 )
 model_runs "$out" "maml ${common[*]}" $models
