@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.func import grad
 
-from kshot.nn.functional import TaskBatchNorm, TaskModel, TaskNormReluPool, sgd_step
+from kshot.nn.functional import TaskBatchNorm, TaskModel, TaskNormReluPool, UnfoldConv2d, sgd_step
 
 
 def _net(pool: nn.Module | None = None) -> nn.Sequential:
@@ -68,9 +68,10 @@ def test_only_norm_relu_pool_runs_are_fused_and_names_do_not_change() -> None:
     assert len(fused.norms) == len(plain.norms) == 2
     assert list(fused.module.state_dict()) == list(plain.module.state_dict())
     fused.module.load_state_dict(plain.module.state_dict())  # a checkpoint loads either way
-    # a norm without a following ReLU and max-pool stays as it is
+    # a norm without a following ReLU and max-pool stays as it is (the convolution of 9 inputs
+    # per output is unfolded: kshot.nn.functional.UnfoldConv2d)
     lone = TaskModel(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.MaxPool2d(2)))
-    assert [type(m) for m in lone.module] == [nn.Conv2d, TaskBatchNorm, nn.MaxPool2d]
+    assert [type(m) for m in lone.module] == [UnfoldConv2d, TaskBatchNorm, nn.MaxPool2d]
 
 
 @pytest.mark.parametrize("pool", [None, nn.MaxPool2d(3, stride=2, padding=1)])

@@ -6,7 +6,9 @@
   Conv4 about 2.5× faster than eager PyTorch. :func:`fast_inference` swaps it in for the length of
   an evaluation and puts the trained module back afterwards.
 * **Training**: :func:`compile_backbone` compiles a backbone with ``torch.compile`` (Inductor
-  fuses batch norm, ReLU and pooling with their backward passes; about 1.2× on Conv4).
+  fuses batch norm, ReLU and pooling with their backward passes; about 1.2× on Conv4); a learner
+  that adapts a model in an inner loop compiles its whole meta-objective instead
+  (``compile_training``, :class:`kshot.nn.functional.CompiledObjective`).
 
 Both are on by default where they work (``kshot.runtime.settings.compile``; ``--no-compile`` on the
 command line, ``KSHOT_COMPILE=0`` in the environment) and fall back to eager PyTorch, with one
@@ -62,8 +64,13 @@ def fast_inference(learner: nn.Module, enabled: bool | None = None) -> Iterator[
 
 
 def compile_backbone(learner: nn.Module, enabled: bool | None = None) -> bool:
-    """Compile ``learner.backbone`` in place for training; True when it is compiled."""
+    """Compile ``learner.backbone`` in place for training; True when it is compiled. A learner
+    with its own ``compile_training(enabled)`` (MAML: its meta-objective and gradients as one
+    compiled graph, :class:`kshot.nn.functional.CompiledObjective`) decides for itself."""
     enabled = settings.compile if enabled is None else enabled
+    own = getattr(learner, "compile_training", None)
+    if callable(own):
+        return bool(own(enabled))
     backbone = getattr(learner, "backbone", None)
     if not enabled or not isinstance(backbone, nn.Module) or not _has_parameters(backbone):
         return False
@@ -80,6 +87,10 @@ def compile_backbone(learner: nn.Module, enabled: bool | None = None) -> bool:
 
 def uncompile_backbone(learner: nn.Module) -> None:
     """Return a backbone compiled by :func:`compile_backbone` to eager mode."""
+    own = getattr(learner, "uncompile_training", None)
+    if callable(own):
+        own()
+        return
     backbone = getattr(learner, "backbone", None)
     if isinstance(backbone, nn.Module) and getattr(backbone, "_compiled_call_impl", None):
         backbone._compiled_call_impl = None
