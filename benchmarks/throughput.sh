@@ -7,7 +7,8 @@
 # second-order MAML beside learn2learn 0.2 (meta-batch 32, 1 query per class, 1 inner step with
 # alpha 0.4; train_episodes_per_s counts meta-iterations, TRAIN_EPISODES of them, default 30) and
 # checks that kshot's peak memory after MEMORY_ITERATIONS (default 2000) meta-iterations is that
-# after 100 (set MEMORY_ITERATIONS=0 to skip the check, which takes most of the time).
+# after 100 (set MEMORY_ITERATIONS=0 to skip the check, which takes most of the time); ROUNDS
+# (default 3) alternate the two libraries and the last line gives the median ratio.
 # Runs, in this order: kshot (compiled / fused backbones, the default), kshot eager (--no-compile),
 # kshot training in mixed precision (--precision bf16; evaluation stays fp32), easyfsl, and
 # easyfsl with the glibc allocator settings kshot applies to itself
@@ -40,23 +41,45 @@ if [ "$method" = maml ]; then
   [ -x "$peer_python" ] || { echo "no peers venv at $peer_python: run bash $peers/setup_venv.sh" >&2; exit 2; }
   train=${TRAIN_EPISODES:-30}; evals=${EVAL_EPISODES:-200}
   kshot_args=(--method maml --threads "$threads" --train-episodes "$train" --eval-episodes "$evals")
-  ours=$(python "$here/throughput.py" "${kshot_args[@]}" --memory-check "${MEMORY_ITERATIONS:-2000}")
-  echo "$ours"
-  peer=$(python "$here/peak_rss.py" "$peer_python" "$peers/maml_l2l.py" --episodes "$train" --eval-episodes "$evals" --threads "$threads" | tail -n 1)
-  echo "$peer"
-  python - "$ours" "$peer" <<'PY'
-import json, sys
-ours, peer = (json.loads(a) for a in sys.argv[1:])
-peer_eval = peer["eval_episodes"] / peer["eval_seconds"]
+  # ROUNDS (default 3) alternate kshot and learn2learn, so a change in the machine's speed during
+  # the run (seen here: learn2learn from 1.06 to 1.52 meta-iterations/s within ten minutes) falls
+  # on both; the summary gives each round's ratio and their median. The memory check runs in the
+  # first round only.
+  lines=$(mktemp)
+  trap 'rm -f "$lines"' EXIT
+  for round in $(seq 1 "${ROUNDS:-3}"); do
+    memory=0
+    [ "$round" = 1 ] && memory=${MEMORY_ITERATIONS:-2000}
+    ours=$(python "$here/throughput.py" "${kshot_args[@]}" --memory-check "$memory")
+    echo "$ours"
+    peer=$(python "$here/peak_rss.py" "$peer_python" "$peers/maml_l2l.py" --episodes "$train" --eval-episodes "$evals" --threads "$threads" | tail -n 1)
+    echo "$peer"
+    printf '%s\n%s\n' "$ours" "$peer" >> "$lines"
+  done
+  python - "$lines" <<'PY'
+import json, statistics, sys
+records = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+ours, peers = records[0::2], records[1::2]
+def peer_eval(peer):
+    return peer["eval_episodes"] / peer["eval_seconds"]
+train = [o["train_episodes_per_s"] / p["episodes_per_s"] for o, p in zip(ours, peers)]
+evals = [o["eval_episodes_per_s"] / peer_eval(p) for o, p in zip(ours, peers)]
+first = ours[0]
 print(json.dumps({
-    "method": "maml", "kshot_train": ours["train_episodes_per_s"], "kshot_eval": ours["eval_episodes_per_s"],
-    "learn2learn_train": peer["episodes_per_s"], "learn2learn_eval": round(peer_eval, 2),
-    "kshot_peak_rss_mb": ours["peak_rss_mb"], "learn2learn_peak_rss_mb": peer["peak_rss_mb"],
-    "kshot_peak_rss_mb_after_100": ours.get("peak_rss_mb_after_100"),
-    "kshot_peak_rss_mb_after_n": max((v for k, v in ours.items() if k.startswith("peak_rss_mb_after_") and k != "peak_rss_mb_after_100"), default=None),
-    "ratio_train": round(ours["train_episodes_per_s"] / peer["episodes_per_s"], 2),
-    "ratio_eval": round(ours["eval_episodes_per_s"] / peer_eval, 2),
-    "ratio_note": "meta-iterations/s (32 tasks each), second order; eval: 5-way 1-shot 15 queries, 1 inner step",
+    "method": "maml", "rounds": len(ours),
+    "kshot_train": [o["train_episodes_per_s"] for o in ours],
+    "learn2learn_train": [p["episodes_per_s"] for p in peers],
+    "kshot_eval": [o["eval_episodes_per_s"] for o in ours],
+    "learn2learn_eval": [round(peer_eval(p), 2) for p in peers],
+    "ratio_train_rounds": [round(r, 2) for r in train],
+    "ratio_eval_rounds": [round(r, 2) for r in evals],
+    "ratio_train": round(statistics.median(train), 2),
+    "ratio_eval": round(statistics.median(evals), 2),
+    "kshot_peak_rss_mb": max(o["peak_rss_mb"] for o in ours),
+    "learn2learn_peak_rss_mb": max(p["peak_rss_mb"] for p in peers),
+    "kshot_peak_rss_mb_after_100": first.get("peak_rss_mb_after_100"),
+    "kshot_peak_rss_mb_after_n": max((v for k, v in first.items() if k.startswith("peak_rss_mb_after_") and k != "peak_rss_mb_after_100"), default=None),
+    "ratio_note": "median over rounds of kshot/learn2learn, run alternately; meta-iterations/s (32 tasks each), second order; eval: 5-way 1-shot 15 queries, 1 inner step",
 }))
 PY
   exit 0
