@@ -96,6 +96,15 @@ def test_compiled_training_gives_the_eager_meta_gradient(method: str, options: d
     assert compile_backbone(compiled, True) and compiled._objective is compiled._compiled
 
 
+def test_learners_without_a_sound_compiled_objective_train_eager() -> None:
+    """The jointly trained baseline has no inner loop to fuse; the LSTM meta-learner's compiled
+    objective disagreed with eager PyTorch (kshot.methods.meta_lstm): both stay eager."""
+    for method, shape in (("pretrained", (1,)), ("meta-lstm", (1, 28, 28))):
+        learner = build_learner(method, {}, shape)
+        assert not compile_backbone(learner, True)
+        assert getattr(learner, "_objective", None) is None
+
+
 def _images(tasks: int, seed: int = 0) -> Episode:
     generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(5).expand(tasks, -1).clone()

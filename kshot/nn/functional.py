@@ -348,3 +348,32 @@ class CompiledObjective:
         params = [p for _, p in named]
         ordered = tuple(grads[f"module.{name}"] for name, _ in named)
         return _WithGradients.apply(value, ordered, *params), aux
+
+
+class CompiledTraining:
+    """For a learner (an ``nn.Module``) with a pure ``meta_objective(*inputs) -> (loss, detached
+    outputs)`` and a :class:`TaskModel` ``model``: :meth:`compile_training` (the Trainer calls it
+    through ``kshot.nn.fast.compile_backbone``) trains through a :class:`CompiledObjective` of it
+    and updates batch norm's running averages compiled; :meth:`training_objective` runs the
+    compiled objective when that is on, in training, with autograd recording, and the eager
+    method otherwise. The compiled objective is kept across runs (compiling again costs seconds
+    to minutes), switched off by :meth:`uncompile_training`."""
+
+    _objective: CompiledObjective | None = None
+    _compiled: CompiledObjective | None = None
+
+    def compile_training(self, enabled: bool) -> bool:
+        if enabled and self._compiled is None:
+            self._compiled = CompiledObjective(self, "meta_objective")
+        self._objective = self._compiled if enabled else None
+        self.model.compile_updates(enabled)
+        return enabled
+
+    def uncompile_training(self) -> None:
+        self._objective = None
+        self.model.compile_updates(False)
+
+    def training_objective(self, *inputs):
+        if self._objective is not None and self.training and torch.is_grad_enabled():
+            return self._objective(*inputs)
+        return self.meta_objective(*inputs)
