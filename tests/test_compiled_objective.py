@@ -96,13 +96,11 @@ def test_compiled_training_gives_the_eager_meta_gradient(method: str, options: d
     assert compile_backbone(compiled, True) and compiled._objective is compiled._compiled
 
 
-def test_learners_without_a_sound_compiled_objective_train_eager() -> None:
-    """The jointly trained baseline has no inner loop to fuse; the LSTM meta-learner's compiled
-    objective disagreed with eager PyTorch (kshot.methods.meta_lstm): both stay eager."""
-    for method, shape in (("pretrained", (1,)), ("meta-lstm", (1, 28, 28))):
-        learner = build_learner(method, {}, shape)
-        assert not compile_backbone(learner, True)
-        assert getattr(learner, "_objective", None) is None
+def test_the_jointly_trained_baseline_trains_eager() -> None:
+    """It has no inner loop for a compiled objective to fuse."""
+    learner = build_learner("pretrained", {}, (1,))
+    assert not compile_backbone(learner, True)
+    assert learner._objective is None
 
 
 def _images(tasks: int, seed: int = 0) -> Episode:
@@ -113,11 +111,13 @@ def _images(tasks: int, seed: int = 0) -> Episode:
 
 
 @pytest.mark.slow  # compiling second-order Conv4 takes over a minute on 2 cores
-def test_compiled_conv4_training_matches_eager_and_its_running_averages() -> None:
-    """Conv4 with batch norm, second order: the compiled objective's gradients and the compiled
-    running-average update agree with eager PyTorch."""
+@pytest.mark.parametrize("method", ["maml", "meta-lstm"])
+def test_compiled_conv4_training_matches_eager_and_its_running_averages(method: str) -> None:
+    """Conv4 with batch norm (MAML second order; the LSTM meta-learner's updates): the compiled
+    objective's gradients and the compiled running-average update agree with eager PyTorch
+    (random images: no max-pool ties, where either may pick another valid subgradient)."""
     torch.manual_seed(0)
-    eager = build_learner("maml", {"n_way": 5, "hidden": 4}, (1, 16, 16))
+    eager = build_learner(method, {"n_way": 5, "hidden": 4}, (1, 16, 16))
     compiled = copy.deepcopy(eager)
     assert compile_backbone(compiled, True)
     eager.train()
