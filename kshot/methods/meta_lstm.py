@@ -151,7 +151,15 @@ def lstm_cell(cell: nn.LSTMCell, x: torch.Tensor, h: torch.Tensor,
 
 @register
 class MetaLSTM(CompiledTraining, Learner):
-    """The LSTM meta-learner: a learned, coordinate-wise update rule and initialisation."""
+    """The LSTM meta-learner: a learned, coordinate-wise update rule and initialisation.
+
+    Trained compiled by default (:class:`~kshot.nn.functional.CompiledTraining`): about 1.3×
+    faster per step at 5-way 1-shot (4 tasks, 2 threads) after about 3 minutes of compiling. On
+    Omniglot's binary images its loss differs from eager's in the third decimal: max-pool windows
+    with equal (or nearly equal) maxima send the inner gradients, which feed the forward pass here,
+    to different but equally valid pixels; with the ties broken by 5% noise, compiled and eager
+    float32 both agree with float64 to about 1e-6 (the first layer's weights 7e-4).
+    """
 
     name = "meta-lstm"
     Config = MetaLSTMConfig
@@ -239,14 +247,23 @@ class MetaLSTM(CompiledTraining, Learner):
         """Train the learner on the support set (``test_inner_steps`` in eval mode), predict the
         queries: logits ``[Q, N]`` (``[B, Q, N]`` for a batch). Gradients are computed even under
         ``torch.no_grad``; the outer graph is kept only with grad enabled."""
-        batched = support_y.ndim == 2
-        self.check_items(support_x, batched)
-        if not batched:
-            support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
-        self.check_way(support_y)
+        batched, (support_x, support_y, query_x) = self._checked_batch(support_x, support_y,
+                                                                       query_x)
         logits = self.adapted_logits(support_x, support_y, query_x,
                                      self.steps if self.training else self.test_steps)
         return logits if batched else logits[0]
+
+    def _checked_batch(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                       *others: torch.Tensor) -> tuple[bool, tuple[torch.Tensor, ...]]:
+        """Whether an episode came batched, and its tensors with a leading task dimension, after
+        checking the items' shape and the way against the head."""
+        batched = support_y.ndim == 2
+        self.check_items(support_x, batched)
+        tensors = (support_x, support_y, *others)
+        if not batched:
+            tensors = tuple(t[None] for t in tensors)
+        self.check_way(tensors[1])
+        return batched, tensors
 
     def adapted_logits(self, support_x: torch.Tensor, support_y: torch.Tensor,
                        query_x: torch.Tensor, steps: int) -> torch.Tensor:
@@ -260,23 +277,10 @@ class MetaLSTM(CompiledTraining, Learner):
             raise KShotError(f"this {self.name} model's head has {self.config.n_way} outputs; "
                              f"score it on {self.config.n_way}-way episodes (got {n_way}-way)")
 
-    def compile_training(self, enabled: bool) -> bool:
-        """Compiled (:class:`~kshot.nn.functional.CompiledObjective`): about 1.3× faster per step
-        at 5-way 1-shot (4 tasks, 2 threads) after about 3 minutes of compiling. On Omniglot's
-        binary images its loss differs from eager's in the third decimal: max-pool windows with
-        equal (or nearly equal) maxima send the inner gradients, which feed the forward pass here,
-        to different but equally valid pixels; with the ties broken by 5% noise, compiled and
-        eager float32 both agree with float64 to about 1e-6 (the first layer's weights 7e-4)."""
-        return super().compile_training(enabled)
-
     def loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
         """The query loss after the training schedule's updates (:meth:`meta_objective`)."""
-        batched = episode.support_y.ndim == 2
-        self.check_items(episode.support_x, batched)
-        support_x, support_y, query_x, query_y = (
-            (t if batched else t[None]) for t in (episode.support_x, episode.support_y,
-                                                  episode.query_x, episode.query_y))
-        self.check_way(support_y)
+        _, (support_x, support_y, query_x, query_y) = self._checked_batch(
+            episode.support_x, episode.support_y, episode.query_x, episode.query_y)
         loss, logits = self.training_objective(support_x, support_y, query_x, query_y, self.steps)
         if self.training:
             self.model.update_running(support_x.flatten(0, 1))
