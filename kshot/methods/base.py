@@ -100,15 +100,30 @@ class Learner(nn.Module):
         Returns ``support_emb [B, S, D]``, ``query_emb [B, Q, D]``, ``support_y [B, S]`` (a single
         episode gets ``B = 1``) and ``n_way``.
         """
-        batched = support_y.ndim == 2
-        self.check_items(support_x, batched)
-        if not batched:
-            support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
+        _, (support_x, support_y, query_x) = self.task_batch(support_x, support_y, query_x)
         n_batch, n_support = support_y.shape
         embeddings = self.backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
         support_emb = embeddings[: n_batch * n_support].view(n_batch, n_support, -1)
         query_emb = embeddings[n_batch * n_support :].view(n_batch, query_x.shape[1], -1)
         return support_emb, query_emb, support_y, int(support_y.max()) + 1
+
+    def task_batch(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                   *others: torch.Tensor) -> tuple[bool, tuple[torch.Tensor, ...]]:
+        """Whether an episode came batched (``support_y`` of shape ``[B, S]``), and its tensors
+        ``(support_x, support_y, *others)`` with a leading task dimension (``B = 1`` for a single
+        episode), after checking the support items' shape."""
+        batched = support_y.ndim == 2
+        self.check_items(support_x, batched)
+        tensors = (support_x, support_y, *others)
+        return batched, tensors if batched else tuple(t[None] for t in tensors)
+
+    def check_way(self, support_y: torch.Tensor, n_way: int, part: str = "head") -> None:
+        """Reject an episode (or batch) whose way differs from the ``n_way`` outputs of a fixed
+        output layer (MAML's and the LSTM meta-learner's head, Meta Networks' base learner)."""
+        got = int(support_y.max()) + 1
+        if got != n_way:
+            raise KShotError(f"this {self.name} model's {part} has {n_way} outputs; score it on "
+                             f"{n_way}-way episodes (got {got}-way)")
 
     def check_items(self, items: torch.Tensor, batched: bool) -> None:
         shape = tuple(items.shape[2:] if batched else items.shape[1:])

@@ -34,7 +34,6 @@ from torch.func import grad
 
 from kshot.config import AT_LEAST_ONE, NON_NEGATIVE, check_choice, check_ranges
 from kshot.data.episodes import Episode
-from kshot.errors import KShotError
 from kshot.methods.base import Learner, accuracy, register
 from kshot.nn.backbones import Conv4
 from kshot.nn.functional import NORMS, CompiledTraining, TaskModel, sgd_step
@@ -194,34 +193,29 @@ class MAML(CompiledTraining, Learner):
 
         return self.model.map(task, self.model.parameters(), support_x, support_y, query_x)
 
-    def _batched(self, support_x, support_y, query_x):
-        batched = support_y.ndim == 2
-        self.check_items(support_x, batched)
-        if not batched:
-            support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
+    def _checked_batch(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                       *others: torch.Tensor) -> tuple[bool, tuple[torch.Tensor, ...]]:
+        """:meth:`task_batch` with the way checked against the head (classification) or the
+        targets in the items' dtype (regression)."""
+        batched, (support_x, support_y, *others) = self.task_batch(support_x, support_y, *others)
         if self.regression:
             support_y = support_y.to(support_x.dtype)
-        return batched, support_x, support_y, query_x
+        else:
+            self.check_way(support_y, self.config.n_way)
+        return batched, (support_x, support_y, *others)
 
     def forward(self, support_x: torch.Tensor, support_y: torch.Tensor,
                 query_x: torch.Tensor) -> torch.Tensor:
         """Adapt on the support set (the test schedule), predict the queries: logits ``[Q, N]`` or
         regression outputs ``[Q]`` (``[B, ...]`` for a batch). Gradients are computed even under
         ``torch.no_grad``; the outer graph is kept only in training mode with grad enabled."""
-        batched, support_x, support_y, query_x = self._batched(support_x, support_y, query_x)
-        if not self.regression:
-            self.check_way(support_y)
+        batched, (support_x, support_y, query_x) = self._checked_batch(support_x, support_y,
+                                                                       query_x)
         test = not self.training
         steps, rates = (self.test_steps, self.rates(True)) if test else (self.steps, self.rates(False))
         outputs = self.adapted_outputs(support_x, support_y, query_x, steps, rates,
                                        first_order=test or self.is_first_order())
         return outputs if batched else outputs[0]
-
-    def check_way(self, support_y: torch.Tensor) -> None:
-        n_way = int(support_y.max()) + 1
-        if n_way != self.config.n_way:
-            raise KShotError(f"this {self.name} model's head has {self.config.n_way} outputs; "
-                             f"score it on {self.config.n_way}-way episodes (got {n_way}-way)")
 
     def is_first_order(self) -> bool:
         return self.config.first_order or self.episodes_seen < self.config.first_order_episodes
@@ -230,11 +224,8 @@ class MAML(CompiledTraining, Learner):
         """The meta-objective of a batch of tasks (or one episode) in training: the query loss
         after the training schedule's inner steps, compiled with its gradients when
         :meth:`compile_training` switched that on (and autograd is recording)."""
-        batched, support_x, support_y, query_x = self._batched(
-            episode.support_x, episode.support_y, episode.query_x)
-        query_y = episode.query_y if batched else episode.query_y[None]
-        if not self.regression:
-            self.check_way(support_y)
+        _, (support_x, support_y, query_x, query_y) = self._checked_batch(
+            episode.support_x, episode.support_y, episode.query_x, episode.query_y)
         targets = query_y.to(support_x.dtype) if self.regression else query_y
         loss, outputs = self.training_objective(support_x, support_y, query_x, targets,
                                                 self.steps, self.is_first_order())

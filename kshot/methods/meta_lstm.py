@@ -255,14 +255,9 @@ class MetaLSTM(CompiledTraining, Learner):
 
     def _checked_batch(self, support_x: torch.Tensor, support_y: torch.Tensor,
                        *others: torch.Tensor) -> tuple[bool, tuple[torch.Tensor, ...]]:
-        """Whether an episode came batched, and its tensors with a leading task dimension, after
-        checking the items' shape and the way against the head."""
-        batched = support_y.ndim == 2
-        self.check_items(support_x, batched)
-        tensors = (support_x, support_y, *others)
-        if not batched:
-            tensors = tuple(t[None] for t in tensors)
-        self.check_way(tensors[1])
+        """:meth:`task_batch` with the way checked against the head."""
+        batched, tensors = self.task_batch(support_x, support_y, *others)
+        self.check_way(tensors[1], self.config.n_way)
         return batched, tensors
 
     def adapted_logits(self, support_x: torch.Tensor, support_y: torch.Tensor,
@@ -270,12 +265,6 @@ class MetaLSTM(CompiledTraining, Learner):
         """Query logits ``[B, Q, N]`` of every task after ``steps`` meta-learner updates."""
         params = self.adapt(support_x, support_y, steps)
         return self.model.map(self.model, params, query_x, batched_params=True)
-
-    def check_way(self, support_y: torch.Tensor) -> None:
-        n_way = int(support_y.max()) + 1
-        if n_way != self.config.n_way:
-            raise KShotError(f"this {self.name} model's head has {self.config.n_way} outputs; "
-                             f"score it on {self.config.n_way}-way episodes (got {n_way}-way)")
 
     def loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
         """The query loss after the training schedule's updates (:meth:`meta_objective`)."""

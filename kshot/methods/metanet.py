@@ -400,11 +400,8 @@ class MetaNet(Learner):
                 query_x: torch.Tensor) -> torch.Tensor:
         """Logits ``[Q, n_way]`` of the queries (``[B, Q, n_way]`` for a batch). The gradients are
         computed even under ``torch.no_grad``; the outer graph is kept only with grad enabled."""
-        batched = support_y.ndim == 2
-        self.check_items(support_x, batched)
-        self.check_items(query_x, batched)
-        if not batched:
-            support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
+        self.check_items(query_x, support_y.ndim == 2)
+        batched, (support_x, support_y, query_x) = self.task_batch(support_x, support_y, query_x)
         self.check_episode(support_y)
         n_support = support_y.shape[1]
         task_fast = self.task_fast_weights(support_x, support_y)
@@ -418,11 +415,7 @@ class MetaNet(Learner):
         if support_y.shape[1] < 2:
             raise KShotError("metanet needs at least 2 support items per episode (its "
                              f"representation loss is on pairs), got {support_y.shape[1]}")
-        n_way = int(support_y.max()) + 1
-        if n_way != self.config.n_way:
-            raise KShotError(f"this {self.name} model's base learner has {self.config.n_way} "
-                             f"outputs; score it on {self.config.n_way}-way episodes (got "
-                             f"{n_way}-way)")
+        self.check_way(support_y, self.config.n_way, "base learner")
 
     def loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self(episode.support_x, episode.support_y, episode.query_x)
