@@ -399,9 +399,7 @@ class MANN(Learner):
 
     def forward(self, support_x: torch.Tensor, support_y: torch.Tensor,
                 query_x: torch.Tensor) -> torch.Tensor:
-        batched = support_y.ndim == 2
-        if not batched:
-            support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
+        batched, (support_x, support_y, query_x) = self.task_batch(support_x, support_y, query_x)
         _, state, strings, encoded, n_way = self._read_support(support_x, support_y)
         if query_x.shape[1] == 0:
             logits = encoded.new_zeros(support_y.shape[0], 0, n_way)
