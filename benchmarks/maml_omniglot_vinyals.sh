@@ -11,7 +11,9 @@
 # times the work, every 640 (40 meta-iterations, ~30 minutes on one core) of the 20-way 5-shot one.
 # The 20-way 5-shot model trains its meta-batch of 16 in chunks of 4 tasks (the same gradient; one
 # pass of all 16 holds ~20 GB of second-order graphs).
-# MODELS (default "5w1s 5w5s 20w1s 20w5s fo5w1s") picks the models.
+# MODELS (default "5w1s 5w5s 20w1s 20w5s fo5w1s") picks the models. SCHEDULE (default constant, as
+# the paper) sets the learning-rate schedule; cosine anneals Adam's rate to 0 over EPISODES (default
+# 1920000, the paper's 60000 meta-iterations of 32; set it to what the budget holds).
 # Each model is then scored on 1000 test episodes of its own setting (15 queries per class, seeded
 # EVAL_SEED, default 123) with batch norm both ways (per-episode statistics, as the paper, and the
 # running averages): one `kshot eval --json` line each. The 5-way 1-shot models (second and first
@@ -25,7 +27,7 @@ budget=${BUDGET:-7200}
 warmup=${WARMUP:-0}
 models=${MODELS:-"5w1s 5w5s 20w1s 20w5s fo5w1s"}
 common=(--dataset omniglot --split vinyals --image-size 28 --seed 0 --threads "$per_job"
-        --episodes 1920000 --val-episodes 200 --time-budget "$budget")
+        --episodes "${EPISODES:-1920000}" --schedule "${SCHEDULE:-constant}" --val-episodes 200 --time-budget "$budget")
 declare -A args=(
   [5w1s]="--ways 5 --shots 1 --val-every 16000 --first-order-episodes $warmup"
   [5w5s]="--ways 5 --shots 5 --val-every 16000 --first-order-episodes $warmup"

@@ -91,8 +91,8 @@ class TaskBatchNorm(nn.Module):
         var = (centered * centered).sum(dims, keepdim=True) * (1.0 / count)
         if self.updating:
             with torch.no_grad():
-                self.running_mean.lerp_(mean.flatten(), self.momentum)
-                unbiased = var.flatten() * count / max(count - 1, 1)
+                self.running_mean.lerp_(mean.flatten().to(self.running_mean.dtype), self.momentum)
+                unbiased = var.flatten().to(self.running_var.dtype) * count / max(count - 1, 1)
                 self.running_var.lerp_(unbiased, self.momentum)
         return var, centered
 
