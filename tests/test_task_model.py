@@ -112,3 +112,17 @@ def test_fused_block_updates_the_running_averages_alike() -> None:
         assert torch.allclose(a.running_mean, b.running_mean, atol=1e-12)
         assert torch.allclose(a.running_var, b.running_var, atol=1e-12)
     assert not torch.allclose(plain.norms[0].running_mean, _pair()[0].norms[0].running_mean)
+
+
+def test_running_averages_keep_their_dtype_under_bf16_autocast() -> None:
+    """Mixed-precision training (``--precision bf16``) hands batch norm bfloat16 activations: the
+    float32 running averages take their statistics (it failed in ``lerp_``) and stay float32."""
+    model = TaskModel(_net(), "episode")
+    before = [layer.running_mean.clone() for layer in model.norms]
+    x = torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.update_running(x)
+    for layer, old in zip(model.norms, before):
+        assert layer.running_mean.dtype == layer.running_var.dtype == torch.float32
+        assert not torch.equal(layer.running_mean, old)
+        assert torch.isfinite(layer.running_var).all()
