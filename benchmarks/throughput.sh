@@ -8,7 +8,9 @@
 # alpha 0.4; train_episodes_per_s counts meta-iterations, TRAIN_EPISODES of them, default 30) and
 # checks that kshot's peak memory after MEMORY_ITERATIONS (default 2000) meta-iterations is that
 # after 100 (set MEMORY_ITERATIONS=0 to skip the check, which takes most of the time); ROUNDS
-# (default 3) alternate the two libraries and the last line gives the median ratio.
+# (default 3) alternate the two libraries and the last line gives the median ratio; with BF16=1 each
+# round also trains kshot in mixed precision (--precision bf16), reported as kshot_bf16_train and
+# ratio_train_bf16 beside the float32 figures.
 # Runs, in this order: kshot (compiled / fused backbones, the default), kshot eager (--no-compile),
 # kshot training in mixed precision (--precision bf16; evaluation stays fp32), easyfsl, and
 # easyfsl with the glibc allocator settings kshot applies to itself
@@ -52,6 +54,11 @@ if [ "$method" = maml ]; then
     [ "$round" = 1 ] && memory=${MEMORY_ITERATIONS:-2000}
     ours=$(python "$here/throughput.py" "${kshot_args[@]}" --memory-check "$memory")
     echo "$ours"
+    if [ -n "${BF16:-}" ]; then  # kshot training in mixed precision too (evaluation stays fp32)
+      half=$(python "$here/throughput.py" "${kshot_args[@]}" --precision bf16)
+      echo "$half"
+      printf '%s\n' "$half" >> "$lines"
+    fi
     peer=$(python "$here/peak_rss.py" "$peer_python" "$peers/maml_l2l.py" --episodes "$train" --eval-episodes "$evals" --threads "$threads" | tail -n 1)
     echo "$peer"
     printf '%s\n%s\n' "$ours" "$peer" >> "$lines"
@@ -59,7 +66,9 @@ if [ "$method" = maml ]; then
   python - "$lines" <<'PY'
 import json, statistics, sys
 records = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-ours, peers = records[0::2], records[1::2]
+peers = [r for r in records if "peer" in r]
+ours = [r for r in records if r.get("library") == "kshot" and r["precision"] == "fp32"]
+halves = [r for r in records if r.get("library") == "kshot" and r["precision"] == "bf16"]
 def peer_eval(peer):
     return peer["eval_episodes"] / peer["eval_seconds"]
 train = [o["train_episodes_per_s"] / p["episodes_per_s"] for o, p in zip(ours, peers)]
@@ -79,7 +88,11 @@ print(json.dumps({
     "learn2learn_peak_rss_mb": max(p["peak_rss_mb"] for p in peers),
     "kshot_peak_rss_mb_after_100": first.get("peak_rss_mb_after_100"),
     "kshot_peak_rss_mb_after_n": max((v for k, v in first.items() if k.startswith("peak_rss_mb_after_") and k != "peak_rss_mb_after_100"), default=None),
-    "ratio_note": "median over rounds of kshot/learn2learn, run alternately; meta-iterations/s (32 tasks each), second order; eval: 5-way 1-shot 15 queries, 1 inner step",
+    **({"kshot_bf16_train": [h["train_episodes_per_s"] for h in halves],
+        "ratio_train_bf16": round(statistics.median(
+            h["train_episodes_per_s"] / p["episodes_per_s"] for h, p in zip(halves, peers)), 2)}
+       if halves else {}),
+    "ratio_note": "median over rounds of kshot/learn2learn, run alternately (kshot_bf16: --precision bf16 training, BF16=1); meta-iterations/s (32 tasks each), second order; eval: 5-way 1-shot 15 queries, 1 inner step",
 }))
 PY
   exit 0
