@@ -1,7 +1,9 @@
 """Embedding networks shared by the methods, and a registry of them by name.
 
 * ``conv4`` (Vinyals et al. 2016, Snell et al. 2017): 4 × [conv 3×3, 64 filters, batch norm, ReLU,
-  max-pool 2]; a 28×28 image becomes a 64-d vector, a 105×105 one 64·6·6.
+  max-pool 2]; a 28×28 image becomes a 64-d vector, a 105×105 one 64·6·6. With
+  ``downsample="stride"``, Finn et al.'s Omniglot network (MAML): each block's convolution has
+  stride 2 in place of the max-pool, and the last map is averaged over its positions (64-d).
 * ``lenet``: the LeNet-style twin of the book's Siamese network (conv 5×5 ×20, pool, conv 5×5 ×50,
   pool, fully connected 500, ReLU, fully connected to the embedding).
 * ``booknet``: the book's Siamese network for MNIST exactly as it is written there (chapter 2):
@@ -28,23 +30,35 @@ def _pooled(size: int, times: int) -> int:
     return size
 
 
-class Conv4(nn.Module):
-    """Four conv-BN-ReLU-maxpool blocks, flattened."""
+DOWNSAMPLES = ("max", "stride")
 
-    def __init__(self, in_channels: int = 1, image_size: int = 28, hidden: int = 64) -> None:
+
+class Conv4(nn.Module):
+    """Four conv-BN-ReLU-maxpool blocks, flattened; or, with ``downsample="stride"``, four
+    conv(stride 2)-BN-ReLU blocks and the mean over the last map's positions (Finn et al. 2017:
+    "for Omniglot, we used strided convolutions instead of max-pooling"; 28×28 → 14, 7, 4, 2)."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, hidden: int = 64,
+                 downsample: str = "max") -> None:
         super().__init__()
+        if downsample not in DOWNSAMPLES:
+            raise KShotError(f"conv4 downsample must be one of {', '.join(DOWNSAMPLES)}, "
+                             f"got {downsample!r}")
         if _pooled(image_size, 4) < 1:
             raise KShotError(f"conv4 needs images of at least 16 pixels, got {image_size}")
-        blocks = []
+        blocks: list[nn.Module] = []
         for index in range(4):
-            blocks += [
-                nn.Conv2d(in_channels if index == 0 else hidden, hidden, 3, padding=1),
-                nn.BatchNorm2d(hidden),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
-            ]
+            channels = in_channels if index == 0 else hidden
+            if downsample == "max":
+                blocks += [nn.Conv2d(channels, hidden, 3, padding=1), nn.BatchNorm2d(hidden),
+                           nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            else:
+                blocks += [nn.Conv2d(channels, hidden, 3, stride=2, padding=1),
+                           nn.BatchNorm2d(hidden), nn.ReLU()]
+        if downsample == "stride":
+            blocks.append(nn.AdaptiveAvgPool2d(1))
         self.features = nn.Sequential(*blocks)
-        self.out_dim = hidden * _pooled(image_size, 4) ** 2
+        self.out_dim = hidden * (_pooled(image_size, 4) ** 2 if downsample == "max" else 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.device.type == "cpu":
