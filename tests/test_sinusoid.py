@@ -56,6 +56,17 @@ def test_sinusoid_maml_lines_picture_and_reuse(maml_out, capsys):
     assert [r["mse"] for r in other] != [r["mse"] for r in lines]
 
 
+def test_a_run_stored_before_a_config_field_existed_is_reused(maml_out, capsys):
+    """A field added to the method's config since the run was stored (MAML's ``downsample``)
+    takes its default: the finished run is re-scored, not refused as another configuration."""
+    path = maml_out / "maml" / "config.json"
+    stored = json.loads(path.read_text())
+    assert stored["method_config"].pop("downsample") == "max"
+    path.write_text(json.dumps(stored))
+    code, lines, _ = kshot(capsys, "sinusoid", "maml", "--out", maml_out, "--shots", "5", *SMALL)
+    assert code == 0 and lines and all(r["train_tasks"] == 1500 for r in lines)
+
+
 def test_sinusoid_refusals(maml_out, capsys):
     # the same folder with another shot is another run: refused, nothing overwritten
     code, _, err = kshot(capsys, "sinusoid", "maml", "--out", maml_out, "--shots", "10", *SMALL)
