@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # MAML (Finn et al. 2017) on Omniglot, the published Vinyals split (train 1028 characters x 4
 # rotations, validation 172 x 4 selecting the checkpoint, test 423 x 4 = 1692 classes), 28x28,
-# Conv4 (64 filters) + linear head. One model per setting of the paper, with its settings: 5-way
+# the paper's Omniglot network: Conv4 (64 filters) with stride-2 convolutions in place of the
+# max-pools, the last map averaged, + linear head (kshot train maml's default since 2026-12-06;
+# DOWNSAMPLE=max trains the max-pooled Conv4 of the runs before). One model per setting of the paper, with its settings: 5-way
 # 1 inner step, alpha 0.4, meta-batch 32; 20-way 5 steps, alpha 0.1, meta-batch 16; queries = shots;
 # Adam 1e-3; second order, after a first-order warm-up of WARMUP episodes if set (default 0: on
 # these 2 cores first order learns far less per second than second order); and a first-order 5w1s
@@ -27,7 +29,7 @@ budget=${BUDGET:-7200}
 warmup=${WARMUP:-0}
 models=${MODELS:-"5w1s 5w5s 20w1s 20w5s fo5w1s"}
 common=(--dataset omniglot --split vinyals --image-size 28 --seed 0 --threads "$per_job"
-        --episodes "${EPISODES:-1920000}" --schedule "${SCHEDULE:-constant}" --val-episodes 200 --time-budget "$budget")
+        --episodes "${EPISODES:-1920000}" --schedule "${SCHEDULE:-constant}" --downsample "${DOWNSAMPLE:-stride}" --val-episodes 200 --time-budget "$budget")
 declare -A args=(
   [5w1s]="--ways 5 --shots 1 --val-every 16000 --first-order-episodes $warmup"
   [5w5s]="--ways 5 --shots 5 --val-every 16000 --first-order-episodes $warmup"
