@@ -33,6 +33,14 @@ def _pooled(size: int, times: int) -> int:
 DOWNSAMPLES = ("max", "stride")
 
 
+class MeanPool(nn.Module):
+    """The mean over the spatial positions of ``[..., C, H, W]``, kept as ``[..., C, 1, 1]``
+    (``nn.AdaptiveAvgPool2d(1)`` has no batching rule under ``torch.func.vmap``: a Python loop)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((-2, -1), keepdim=True)
+
+
 class Conv4(nn.Module):
     """Four conv-BN-ReLU-maxpool blocks, flattened; or, with ``downsample="stride"``, four
     conv(stride 2)-BN-ReLU blocks and the mean over the last map's positions (Finn et al. 2017:
@@ -56,7 +64,7 @@ class Conv4(nn.Module):
                 blocks += [nn.Conv2d(channels, hidden, 3, stride=2, padding=1),
                            nn.BatchNorm2d(hidden), nn.ReLU()]
         if downsample == "stride":
-            blocks.append(nn.AdaptiveAvgPool2d(1))
+            blocks.append(MeanPool())
         self.features = nn.Sequential(*blocks)
         self.out_dim = hidden * (_pooled(image_size, 4) ** 2 if downsample == "max" else 1)
 
