@@ -3,9 +3,10 @@
 # rotations, validation 172 x 4 selecting the checkpoint, test 423 x 4 = 1692 classes), 28x28,
 # the paper's Omniglot network: Conv4 (64 filters) with stride-2 convolutions in place of the
 # max-pools, the last map averaged, + linear head (kshot train maml's default since 2026-12-06;
-# DOWNSAMPLE=max trains the max-pooled Conv4 of the runs before). One model per setting of the paper, with its settings: 5-way
-# 1 inner step, alpha 0.4, meta-batch 32; 20-way 5 steps, alpha 0.1, meta-batch 16; queries = shots;
-# Adam 1e-3; second order, after a first-order warm-up of WARMUP episodes if set (default 0: on
+# DOWNSAMPLE=max trains the max-pooled Conv4 of the runs before). One model per setting of the
+# paper, with its settings: 5-way 1 inner step, alpha 0.4, meta-batch 32; 20-way 5 steps, alpha
+# 0.1, meta-batch 16; queries = shots; Adam 1e-3; second order, after a first-order warm-up of
+# WARMUP episodes if set (default 0: on
 # these 2 cores first order learns far less per second than second order); and a first-order 5w1s
 # model. At most BUDGET seconds (default 7200) of training each, JOBS (default 2) side by side on
 # THREADS (default 2) cores. Validation every 16000 episodes (500 meta-iterations) of the 5-way

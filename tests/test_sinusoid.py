@@ -57,11 +57,13 @@ def test_sinusoid_maml_lines_picture_and_reuse(maml_out, capsys):
 
 
 def test_a_run_stored_before_a_config_field_existed_is_reused(maml_out, capsys):
-    """A field added to the method's config since the run was stored (MAML's ``downsample``)
-    takes its default: the finished run is re-scored, not refused as another configuration."""
+    """A field added to the method's or the training config since the run was stored (MAML's
+    ``downsample``, the Trainer's ``aug_probability``) takes its default: the finished run is
+    re-scored, not refused as another configuration."""
     path = maml_out / "maml" / "config.json"
     stored = json.loads(path.read_text())
     assert stored["method_config"].pop("downsample") == "max"
+    assert stored["train_config"].pop("aug_probability") == 0.5
     path.write_text(json.dumps(stored))
     code, lines, _ = kshot(capsys, "sinusoid", "maml", "--out", maml_out, "--shots", "5", *SMALL)
     assert code == 0 and lines and all(r["train_tasks"] == 1500 for r in lines)

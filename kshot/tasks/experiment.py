@@ -65,7 +65,9 @@ def train_task_run(run_dir: str | Path, method: str, family: TaskFamily | CopyTa
               "train_config": asdict(train_config), "data": record}
     if (run_dir / "config.json").is_file():
         stored = read_run_config(run_dir)
-        if stored.get("method") == method:  # fields added since the run was stored: their defaults
+        # fields added to either config since the run was stored take their defaults
+        stored["train_config"] = asdict(config_from_dict(TrainConfig, stored["train_config"]))
+        if stored.get("method") == method:
             stored["method_config"] = config_to_dict(
                 config_from_dict(cls.Config, stored.get("method_config") or {}))
         for key in ("method", "method_config", "train_config", "data"):
