@@ -66,7 +66,8 @@ def train_task_run(run_dir: str | Path, method: str, family: TaskFamily | CopyTa
     if (run_dir / "config.json").is_file():
         stored = read_run_config(run_dir)
         # fields added to either config since the run was stored take their defaults
-        stored["train_config"] = asdict(config_from_dict(TrainConfig, stored["train_config"]))
+        stored_train = config_from_dict(TrainConfig, stored["train_config"])
+        stored["train_config"] = asdict(stored_train)
         if stored.get("method") == method:
             stored["method_config"] = config_to_dict(
                 config_from_dict(cls.Config, stored.get("method_config") or {}))
@@ -76,7 +77,7 @@ def train_task_run(run_dir: str | Path, method: str, family: TaskFamily | CopyTa
                                  "choose another --out directory (or delete it to retrain)")
         if is_finished(run_dir):
             return json.loads((run_dir / "last.json").read_text())
-        train_config = config_from_dict(TrainConfig, stored["train_config"])
+        train_config = stored_train
     torch.manual_seed(train_config.seed)
     learner = build_learner(method, config, family.item_shape)
     trainer = Trainer(learner, train_config, run_dir, family, family, device=device,
