@@ -7,10 +7,11 @@
 # paper, with its settings: 5-way 1 inner step, alpha 0.4, meta-batch 32; 20-way 5 steps, alpha
 # 0.1, meta-batch 16; queries = shots; Adam 1e-3; second order, after a first-order warm-up of
 # WARMUP episodes if set (default 0: on these 2 cores first order learns far less per second than
-# second order); and a first-order 5w1s model. At most BUDGET seconds (default 7200) of training each, JOBS (default 2) side by side on
-# THREADS (default 2) cores. Validation every 16000 episodes (500 meta-iterations) of the 5-way
-# models, every 3200 (200 meta-iterations) of the 20-way 1-shot one, whose meta-iterations are ~20
-# times the work, every 640 (40 meta-iterations, ~30 minutes on one core) of the 20-way 5-shot one.
+# second order); and a first-order 5w1s model. At most BUDGET seconds (default 7200) of training
+# each, JOBS (default 2) side by side on THREADS (default 2) cores. Validation every 16000 episodes
+# (500 meta-iterations) of the 5-way models, every 3200 (200 meta-iterations) of the 20-way 1-shot
+# one, whose meta-iterations are ~20 times the work, every 640 (40 meta-iterations, ~30 minutes on
+# one core) of the 20-way 5-shot one.
 # The 20-way 5-shot model trains its meta-batch of 16 in chunks of 4 tasks (the same gradient; one
 # pass of all 16 holds ~20 GB of second-order graphs).
 # MODELS (default "5w1s 5w5s 20w1s 20w5s fo5w1s") picks the models. SCHEDULE (default constant, as

@@ -68,8 +68,9 @@ class MAMLConfig:
     downsample: str = "max"
     """How each Conv4 block halves the map: max (a 2×2 max-pool, the Conv4 of Vinyals et al. and
     Snell et al.) or stride (a stride-2 convolution, the last map averaged: Finn et al.'s Omniglot
-    network, about 2.8× more meta-iterations per second on one CPU core). ``kshot train maml`` on images defaults to
-    stride, the paper's; max here keeps runs stored before this field as they were trained."""
+    network, about 2.8× more meta-iterations per second on one CPU core). ``kshot train maml`` on
+    images defaults to stride, the paper's; max here keeps runs stored before this field as they
+    were trained."""
     mlp: tuple[int, ...] = (40, 40)
     """Hidden sizes of the regression MLP (the paper: 40, 40)."""
 
