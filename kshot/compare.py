@@ -258,6 +258,7 @@ def compare_runs(
     progress: bool = False,
     on_note: Callable[[str], None] | None = None,
     test_options: dict[str, str] | None = None,
+    subset: str = "test",
 ) -> ComparisonResult:
     """Score every run on the same episodes (one ``seed``) and compare each pair.
 
@@ -269,7 +270,8 @@ def compare_runs(
     run passes the overlap guard (:func:`kshot.protocol.check_overlap`) before any is scored.
     ``on_note`` receives the note of a run whose scored checkpoint is not the one asked for.
     ``test_options`` (``kshot compare --set``) apply to each run whose method has them; one that
-    no run's method has is refused.
+    no run's method has is refused. ``subset`` ``val`` scores the split's validation classes
+    instead of its test classes (choosing test-time options; not a test figure).
     """
     from kshot.checkpoint import load_run
     from kshot.data.episodes import EpisodeSampler
@@ -284,6 +286,8 @@ def compare_runs(
     )
     from kshot.protocol import check_overlap, class_ids, lake_run_class_ids
 
+    if lake_runs and subset != "test":
+        raise KShotError("--lake-runs are a test set of their own: --subset val does not apply")
     configs = _read_configs(run_dirs)
     _check_comparable(run_dirs, configs, same_data=dataset is None and not lake_runs)
     # each run is scored at its own --image-size: the test set is loaded once per size, and the
@@ -297,11 +301,12 @@ def compare_runs(
         samplers = {}
         for size in dict.fromkeys(image_sizes):
             dataset, split, test_data = load_test_data(configs[0]["data"], size, dataset, split,
-                                                       folder, test_rotations, data_dir, progress)
+                                                       folder, test_rotations, data_dir, progress,
+                                                       subset)
             samplers[size] = EpisodeSampler(test_data, ways, shots, queries, seed=seed)
         _check_same_items([sampler.dataset for sampler in samplers.values()])
         scored, what = class_ids(test_data), test_data.name
-    overlaps = [check_overlap(run_dir, scored, what, allow_overlap) for run_dir in run_dirs]
+    overlaps = [check_overlap(run_dir, scored, what, allow_overlap, subset) for run_dir in run_dirs]
     options = [_options_for(config["method"], test_options or {}) for config in configs]
     unused = set(test_options or {}) - {name for chosen in options for name in chosen}
     if unused:

@@ -141,9 +141,17 @@ def checkpoint_fields(run_dir: str | Path, checkpoint: dict[str, Any]) -> dict[s
             "checkpoint_episodes": checkpoint.get("episodes")}
 
 
+#: The subsets a run can be scored on: its split's held-out test classes, or its validation classes
+#: (which chose its checkpoint: a figure there is for tuning test-time options, not a test figure).
+SCORED_SUBSETS = ("test", "val")
+
+
 def test_set_fields(test_data, dataset: str, split: str | None) -> dict[str, Any]:
-    """What a record says of the test set it was scored on (``kshot eval``, ``kshot santoro``)."""
-    return {"dataset": dataset, "split": split, "test_set": test_data.name,
+    """What a record says of the test set it was scored on (``kshot eval``, ``kshot santoro``);
+    ``"subset": "val"`` marks a score on the validation classes."""
+    subset = test_data.meta.get("subset", "test")
+    return {"dataset": dataset, "split": split, **({"subset": subset} if subset != "test" else {}),
+            "test_set": test_data.name,
             "test_classes": test_data.n_classes,
             "test_rotations": bool(test_data.meta.get("rotations", False))}
 
@@ -194,15 +202,19 @@ def resolve_test_set(data: dict[str, Any], dataset: str | None = None,
 def load_test_data(data: dict[str, Any], image_size: int, dataset: str | None = None,
                    split: str | None = None, folder: str | Path | None = None,
                    test_rotations: bool | None = None, data_dir: str | Path | None = None,
-                   progress: bool = False):
+                   progress: bool = False, subset: str = "test"):
     """The held-out test set of a run whose data config is ``data``, chosen by
     :func:`resolve_test_set` and loaded at ``image_size``: ``(dataset, split, test_data)``. Shared
     by ``kshot eval``, ``kshot santoro`` and :func:`kshot.compare.compare_runs`; the overlap guard
-    is the caller's (one run or several)."""
+    is the caller's (one run or several). ``subset`` ``val`` loads the split's validation classes
+    instead (to choose test-time options without looking at the test set)."""
     from kshot.datasets import load_dataset
 
+    if subset not in SCORED_SUBSETS:
+        raise KShotError(f"--subset {subset!r}: choose one of {list(SCORED_SUBSETS)}")
     dataset, split = resolve_test_set(data, dataset, split)
-    test_data = load_dataset(dataset, split=split, subset="test", image_size=image_size,
+    test_data = load_dataset(dataset, split=split, subset=subset, image_size=image_size,
                              test_rotations=test_rotations, data_dir=data_dir, folder=folder,
                              progress=progress)
+    test_data.meta["subset"] = subset
     return dataset, split, test_data

@@ -95,15 +95,20 @@ def check_overlap_sets(seen: Iterable[str], scored: Iterable[str], what: str, wh
 
 
 def check_overlap(run_dir: str | Path, scored: Iterable[str], what: str,
-                  allow: bool = False) -> int:
-    """:func:`check_overlap_sets` against what ``run_dir`` recorded (-1 when allowed without a record)."""
+                  allow: bool = False, subset: str = "test") -> int:
+    """:func:`check_overlap_sets` against what ``run_dir`` recorded (-1 when allowed without a record).
+
+    ``subset`` ``val`` scores the run's own validation classes: those are then not counted as
+    seen (they chose its checkpoint, which is why such a score is not a test figure), its training
+    classes and inherited ones still are."""
     try:
         record = read_seen(run_dir)
     except KShotError:
         if allow:
             return -1
         raise
-    seen = [c for part in record.values() for c in part]
+    seen = [c for part, classes in record.items() if not (subset == "val" and part == "val")
+            for c in classes]
     return check_overlap_sets(seen, scored, what, str(run_dir), allow)
 
 

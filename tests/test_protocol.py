@@ -99,6 +99,32 @@ def test_vinyals_run_on_its_own_test_set(capsys, runs) -> None:
     assert record["checkpoint"] == "best"
 
 
+def test_validation_classes_score_for_tuning_not_as_test(capsys, runs) -> None:
+    # --subset val scores the classes that chose the checkpoint: allowed, and marked as such
+    code, out, err = kshot(capsys, "eval", runs.vinyals, "--subset", "val", "--episodes", 5,
+                           "--queries", 5, "--threads", 1, "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["subset"] == "val" and record["test_set"] == "omniglot/vinyals/val"
+    assert record["test_classes"] == 688 and record["overlap"] == 0
+    code, out, err = kshot(capsys, "eval", runs.vinyals, "--episodes", 5, "--queries", 5,
+                           "--threads", 1, "--json")
+    test_record = json.loads(out)
+    assert code == 0 and "subset" not in test_record and test_record["test_classes"] == 1692
+    # the same episodes through kshot compare
+    code, out, err = kshot(capsys, "compare", runs.vinyals, runs.vinyals, "--subset", "val",
+                           "--episodes", 5, "--queries", 5, "--threads", 1, "--json")
+    assert code == 0, err
+    first = json.loads(out.splitlines()[0])
+    assert first["subset"] == "val" and first["accuracy"] == record["accuracy"]
+    # the training classes still count: a trainval run has no validation classes of its own
+    code, out, err = kshot(capsys, "eval", runs.trainval, "--subset", "val", "--episodes", 5,
+                           "--threads", 1)
+    assert_user_error(code, out, err, "100 of the 100 classes of omniglot/lake/val were seen by")
+    code, out, err = kshot(capsys, "eval", runs.vinyals, "--subset", "val", "--lake-runs")
+    assert_user_error(code, out, err, "--subset val does not apply")
+
+
 def test_lake_runs_overlap_of_a_vinyals_run(capsys, runs) -> None:
     code, out, err = kshot(capsys, "eval", runs.vinyals, "--lake-runs", "--json", "--threads", 1)
     line = assert_user_error(code, out, err, "of the 200 classes of Lake's 20 runs")

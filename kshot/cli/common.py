@@ -87,7 +87,7 @@ def add_episode_options(sub: argparse.ArgumentParser, *, ways: int | None = 5,
     """The test episodes and held-out test set a run is scored on, shared by ``kshot eval``,
     ``kshot compare`` and ``kshot santoro``: --ways, --episodes, --seed, --batch-size; --shots,
     --queries and --set unless ``shots`` is false (Santoro's episodes fix their own); and the test
-    set: --dataset, --split, --folder, --test-rotations, --allow-overlap. ``ways`` None means the
+    set: --dataset, --split, --folder, --test-rotations, --allow-overlap, --subset. ``ways`` None means the
     run's training way."""
     from kshot.datasets import DATASETS
 
@@ -111,6 +111,10 @@ def add_episode_options(sub: argparse.ArgumentParser, *, ways: int | None = 5,
                      "(default: the split's convention: on for vinyals, off for lake)")
     sub.add_argument("--allow-overlap", action="store_true", help="score classes the run trained "
                      f"or validated on anyway (refused by default; {overlap_help})")
+    sub.add_argument("--subset", choices=("test", "val"), default="test",
+                     help="the split's held-out test classes (default), or its validation classes: "
+                     "to choose test-time options (--set) without looking at the test set; a "
+                     "score there is marked \"subset\": \"val\" and is not a test figure")
 
 
 def parse_test_options(items: Sequence[str]) -> dict[str, str]:
@@ -145,6 +149,7 @@ def load_test_set(args: argparse.Namespace, run_config: dict[str, Any], image_si
 
     dataset, split, test_data = load_test_data(
         run_config["data"], image_size, args.dataset, args.split, args.folder,
-        args.test_rotations, args.data_dir, progress=not args.json)
-    overlap = check_overlap(args.run_dir, class_ids(test_data), test_data.name, args.allow_overlap)
+        args.test_rotations, args.data_dir, progress=not args.json, subset=args.subset)
+    overlap = check_overlap(args.run_dir, class_ids(test_data), test_data.name, args.allow_overlap,
+                            subset=args.subset)
     return dataset, split, test_data, overlap

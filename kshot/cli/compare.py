@@ -31,7 +31,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         lake_runs=args.lake_runs, dataset=args.dataset, split=args.split, folder=args.folder,
         test_rotations=args.test_rotations, allow_overlap=args.allow_overlap,
         data_dir=args.data_dir, device=device, progress=not args.json, on_note=note,
-        test_options=parse_test_options(args.test_options))
+        test_options=parse_test_options(args.test_options), subset=args.subset)
     if args.json:
         for run in comparison.runs:
             print_json(run.record)
