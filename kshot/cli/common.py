@@ -87,9 +87,10 @@ def add_episode_options(sub: argparse.ArgumentParser, *, ways: int | None = 5,
     """The test episodes and held-out test set a run is scored on, shared by ``kshot eval``,
     ``kshot compare`` and ``kshot santoro``: --ways, --episodes, --seed, --batch-size; --shots,
     --queries and --set unless ``shots`` is false (Santoro's episodes fix their own); and the test
-    set: --dataset, --split, --folder, --test-rotations, --allow-overlap, --subset. ``ways`` None means the
-    run's training way."""
+    set: --dataset, --split, --folder, --test-rotations, --allow-overlap, --subset. ``ways`` None
+    means the run's training way."""
     from kshot.datasets import DATASETS
+    from kshot.evaluate import SCORED_SUBSETS
 
     sub.add_argument("--ways", type=int, default=ways, help="classes per episode" + (
         "" if ways else " (default: the run's training --ways)"))
@@ -111,7 +112,7 @@ def add_episode_options(sub: argparse.ArgumentParser, *, ways: int | None = 5,
                      "(default: the split's convention: on for vinyals, off for lake)")
     sub.add_argument("--allow-overlap", action="store_true", help="score classes the run trained "
                      f"or validated on anyway (refused by default; {overlap_help})")
-    sub.add_argument("--subset", choices=("test", "val"), default="test",
+    sub.add_argument("--subset", choices=SCORED_SUBSETS, default="test",
                      help="the split's held-out test classes (default), or its validation classes: "
                      "to choose test-time options (--set) without looking at the test set; a "
                      "score there is marked \"subset\": \"val\" and is not a test figure")
