@@ -179,6 +179,19 @@ def test_updates_change_predictions_and_follow_the_schedule(monkeypatch) -> None
     assert not torch.allclose(adapted, initial)  # the update moved the learner
 
 
+def test_test_time_options_can_be_set() -> None:
+    # kshot eval / compare --set: the documented test-time fields, typed; training fields refused
+    from dataclasses import asdict
+
+    from kshot.checkpoint import typed_test_options
+
+    config = asdict(MetaLSTMConfig())
+    assert typed_test_options("meta-lstm", config, {"test_inner_steps": "10", "norm": "running"}
+                              ) == {"test_inner_steps": 10, "norm": "running"}
+    with pytest.raises(KShotError, match="test-time options: test_inner_steps, norm"):
+        typed_test_options("meta-lstm", config, {"inner_steps": "10"})
+
+
 def test_second_derivatives_are_dropped(monkeypatch) -> None:
     """The support loss and gradient enter the meta-learner as constants: the support items are not
     in the outer graph, and replaying the recorded gradients as plain tensors gives the same outer

@@ -163,6 +163,7 @@ class MetaLSTM(CompiledTraining, Learner):
 
     name = "meta-lstm"
     Config = MetaLSTMConfig
+    test_options = ("test_inner_steps", "norm")
 
     def __init__(self, config: MetaLSTMConfig, item_shape: tuple[int, ...]) -> None:
         super().__init__(config, item_shape)
