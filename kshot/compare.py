@@ -277,6 +277,7 @@ def compare_runs(
     from kshot.data.episodes import EpisodeSampler
     from kshot.data.omniglot import load_lake_runs
     from kshot.evaluate import (
+        check_scored_subset,
         confidence95,
         eval_record,
         evaluate,
@@ -286,8 +287,7 @@ def compare_runs(
     )
     from kshot.protocol import check_overlap, class_ids, lake_run_class_ids
 
-    if lake_runs and subset != "test":
-        raise KShotError("--lake-runs are a test set of their own: --subset val does not apply")
+    check_scored_subset(subset, lake_runs)
     configs = _read_configs(run_dirs)
     _check_comparable(run_dirs, configs, same_data=dataset is None and not lake_runs)
     # each run is scored at its own --image-size: the test set is loaded once per size, and the

@@ -146,6 +146,15 @@ def checkpoint_fields(run_dir: str | Path, checkpoint: dict[str, Any]) -> dict[s
 SCORED_SUBSETS = ("test", "val")
 
 
+def check_scored_subset(subset: str, lake_runs: bool = False) -> None:
+    """Refuse a ``subset`` that is not one of :data:`SCORED_SUBSETS`, and ``val`` with Lake's 20
+    runs (a test set of their own), for ``kshot eval``, ``kshot compare`` and ``kshot santoro``."""
+    if subset not in SCORED_SUBSETS:
+        raise KShotError(f"--subset {subset!r}: choose one of {list(SCORED_SUBSETS)}")
+    if lake_runs and subset != "test":
+        raise KShotError("--lake-runs are a test set of their own: --subset val does not apply")
+
+
 def test_set_fields(test_data, dataset: str, split: str | None) -> dict[str, Any]:
     """What a record says of the test set it was scored on (``kshot eval``, ``kshot santoro``);
     ``"subset": "val"`` marks a score on the validation classes."""
@@ -210,8 +219,7 @@ def load_test_data(data: dict[str, Any], image_size: int, dataset: str | None = 
     instead (to choose test-time options without looking at the test set)."""
     from kshot.datasets import load_dataset
 
-    if subset not in SCORED_SUBSETS:
-        raise KShotError(f"--subset {subset!r}: choose one of {list(SCORED_SUBSETS)}")
+    check_scored_subset(subset)
     dataset, split = resolve_test_set(data, dataset, split)
     test_data = load_dataset(dataset, split=split, subset=subset, image_size=image_size,
                              test_rotations=test_rotations, data_dir=data_dir, folder=folder,

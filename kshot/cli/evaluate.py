@@ -20,8 +20,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from kshot.checkpoint import load_run
     from kshot.data.episodes import EpisodeSampler
     from kshot.data.omniglot import load_lake_runs
-    from kshot.errors import KShotError
     from kshot.evaluate import (
+        check_scored_subset,
         eval_record,
         evaluate,
         evaluate_lake_runs,
@@ -37,8 +37,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if checkpoint.get("note") and not args.json:
         print(f"kshot: note: {checkpoint['note']}", file=sys.stderr)
     if args.lake_runs:
-        if args.subset != "test":
-            raise KShotError("--lake-runs are a test set of their own: --subset val does not apply")
+        check_scored_subset(args.subset, lake_runs=True)
         runs = load_lake_runs(learner.item_shape[-1], args.data_dir)
         overlap = check_overlap(args.run_dir, lake_run_class_ids(args.data_dir),
                                 "Lake's 20 runs", args.allow_overlap)
