@@ -10,7 +10,8 @@
 # folder), one `kshot compare --json` per setting sets the LSTM meta-learner beside MAML's model
 # of that setting on the same episodes (table on stderr). Another EVAL_SEED re-scores.
 # SCHEDULE (default constant), EPISODES (default 400000) and TRAIN_ON (default train) as in
-# maml_omniglot_vinyals.sh.
+# maml_omniglot_vinyals.sh; INNER_STEPS (default the method's 5) sets the updates T of training and
+# test (Ravi & Larochelle's code: 12 at 1-shot on miniImageNet).
 # usage: [MAML=DIR] bash benchmarks/meta_lstm_omniglot_vinyals.sh OUT
 set -euo pipefail
 out=${1:?usage: bash benchmarks/meta_lstm_omniglot_vinyals.sh OUT}
@@ -18,7 +19,8 @@ source "$(dirname "$0")/common.sh"
 budget=${BUDGET:-7200}
 models=${MODELS:-"5w1s 5w5s"}
 common=(--dataset omniglot --split vinyals --image-size 28 --seed 0 --threads "$per_job"
-        --episodes "${EPISODES:-400000}" --schedule "${SCHEDULE:-constant}" --train-on "${TRAIN_ON:-train}" --time-budget "$budget")
+        --episodes "${EPISODES:-400000}" --schedule "${SCHEDULE:-constant}" --train-on "${TRAIN_ON:-train}" --time-budget "$budget"
+        ${INNER_STEPS:+--inner-steps "$INNER_STEPS"})
 declare -A args=([5w1s]="--ways 5 --shots 1" [5w5s]="--ways 5 --shots 5")
 model_runs "$out" "meta-lstm ${common[*]}" $models
 train_queues "$jobs"
