@@ -44,7 +44,8 @@ Choices where the paper leaves freedom:
   are trained for that horizon, and more steps at test extrapolate it; set ``test_inner_steps`` to
   try more. Ravi & Larochelle's code makes more updates at 1-shot (12 on miniImageNet, 15 in its
   Omniglot configuration): ``--inner-steps 12`` trains that horizon at about twice the cost per
-  episode.
+  episode, and on Omniglot 5-way 1-shot it scored lower than T = 5 in the same two hours
+  (BENCHMARKS.md, fifteenth session).
 * The paper meta-trains on one episode per step; ``train_defaults`` takes 4 at about the same cost
   per episode (one thread: 2.7 episodes/s with 1, 2.6 with 4). Ravi & Larochelle's code clips the
   meta-gradient's norm to 0.25; the Trainer does so with ``--grad-clip 0.25``, and the defaults do
