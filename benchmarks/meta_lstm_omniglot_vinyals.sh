@@ -11,7 +11,9 @@
 # of that setting on the same episodes (table on stderr). Another EVAL_SEED re-scores.
 # SCHEDULE (default constant), EPISODES (default 400000) and TRAIN_ON (default train) as in
 # maml_omniglot_vinyals.sh; INNER_STEPS (default the method's 5) sets the updates T of training and
-# test (Ravi & Larochelle's code: 12 at 1-shot on miniImageNet).
+# test (Ravi & Larochelle's code: 12 at 1-shot on miniImageNet); META_BATCH (default the method's 4
+# episodes per step; the paper's 1) and GRAD_CLIP (default none; Ravi & Larochelle's code clips the
+# meta-gradient's norm to 0.25) are passed to `kshot train` when set.
 # usage: [MAML=DIR] bash benchmarks/meta_lstm_omniglot_vinyals.sh OUT
 set -euo pipefail
 out=${1:?usage: bash benchmarks/meta_lstm_omniglot_vinyals.sh OUT}
@@ -20,7 +22,8 @@ budget=${BUDGET:-7200}
 models=${MODELS:-"5w1s 5w5s"}
 common=(--dataset omniglot --split vinyals --image-size 28 --seed 0 --threads "$per_job"
         --episodes "${EPISODES:-400000}" --schedule "${SCHEDULE:-constant}" --train-on "${TRAIN_ON:-train}" --time-budget "$budget"
-        ${INNER_STEPS:+--inner-steps "$INNER_STEPS"})
+        ${INNER_STEPS:+--inner-steps "$INNER_STEPS"} ${META_BATCH:+--meta-batch "$META_BATCH"}
+        ${GRAD_CLIP:+--grad-clip "$GRAD_CLIP"})
 declare -A args=([5w1s]="--ways 5 --shots 1" [5w5s]="--ways 5 --shots 5")
 model_runs "$out" "meta-lstm ${common[*]}" $models
 train_queues "$jobs"
