@@ -3,7 +3,10 @@
 # 1028 characters x 4 rotations, validation 172 x 4 selecting the checkpoint, test 423 x 4 = 1692
 # classes), 28x28; the learner a 4-block conv net of 32 filters, batch norm per episode, T = 5
 # updates. One model per setting, 5-way 1-shot and 5-way 5-shot, each trained with its own shot
-# (15 queries per class, meta-batch 4, Adam 1e-3) for at most BUDGET seconds (default 7200), JOBS
+# (15 queries per class, Adam 1e-3; the method's defaults: at 1-shot the paper's 1 episode per step
+# with the meta-gradient's norm clipped to 0.25, at 5-shot 4 episodes per step, unclipped; the
+# 1-shot runs in BENCHMARKS.md before its sixteenth session took META_BATCH=4 GRAD_CLIP=0)
+# for at most BUDGET seconds (default 7200), JOBS
 # (default 2) side by side on THREADS (default 2) cores; MODELS (default "5w1s 5w5s") picks them.
 # Each model is scored on 1000 test episodes of its setting (15 queries, seeded EVAL_SEED, default
 # 123): one `kshot eval --json` line each. With MAML=DIR (the maml_omniglot_vinyals.sh output
@@ -11,9 +14,8 @@
 # of that setting on the same episodes (table on stderr). Another EVAL_SEED re-scores.
 # SCHEDULE (default constant), EPISODES (default 400000) and TRAIN_ON (default train) as in
 # maml_omniglot_vinyals.sh; INNER_STEPS (default the method's 5) sets the updates T of training and
-# test (Ravi & Larochelle's code: 12 at 1-shot on miniImageNet); META_BATCH (default the method's 4
-# episodes per step; the paper's 1) and GRAD_CLIP (default none; Ravi & Larochelle's code clips the
-# meta-gradient's norm to 0.25) are passed to `kshot train` when set.
+# test (Ravi & Larochelle's code: 12 at 1-shot on miniImageNet); META_BATCH (episodes per step) and
+# GRAD_CLIP (largest meta-gradient norm, 0 for none) override the method's defaults when set.
 # usage: [MAML=DIR] bash benchmarks/meta_lstm_omniglot_vinyals.sh OUT
 set -euo pipefail
 out=${1:?usage: bash benchmarks/meta_lstm_omniglot_vinyals.sh OUT}

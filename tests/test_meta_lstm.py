@@ -145,6 +145,9 @@ def test_registered_with_paper_initialisation() -> None:
     assert learner.adapts_at_test
     defaults = MetaLSTM.train_defaults(None, 1)
     assert defaults["ways"] == 5 and defaults["val_ways"] == 5 and defaults["val_shots"] == 1
+    assert defaults["meta_batch"] == 1 and defaults["grad_clip"] == 0.25  # the paper's, at 1-shot
+    five_shot = MetaLSTM.train_defaults(None, 5)
+    assert five_shot["meta_batch"] == 4 and five_shot["grad_clip"] == 0.0
     assert MetaLSTM.config_defaults(TrainConfig(ways=20)) == {"n_way": 20}
 
 
