@@ -440,3 +440,16 @@ def test_subprocess_exit_status_and_single_line(env, run_dir: Path, tmp_path: Pa
     assert len(lines) == 1 and lines[0].startswith("kshot: error: "), result.stderr
     assert "does not match its config" in lines[0]
     assert result.stdout == ""
+
+
+def test_train_help_names_the_methods_defaults(capsys) -> None:
+    """``--help`` names the training defaults the method sets, not the bare TrainConfig's."""
+    for method, expected in [("meta-lstm", "(default: 1 at 1-shot, 4 at 5-shot)"),
+                             ("maml", "(default: 32)"), ("protonet", "(default: 1)")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", method, "--help"])
+        assert exit_info.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        meta_batch = text[text.index("--meta-batch META_BATCH Episodes"):]
+        assert meta_batch[:len("--meta-batch META_BATCH Episodes per optimiser step. ")
+                          + len(expected)].endswith(expected), (method, meta_batch[:120])

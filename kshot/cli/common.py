@@ -7,7 +7,7 @@ import ast
 import inspect
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, fields
 from typing import Any
 
@@ -36,15 +36,19 @@ def field_docs(config_type: type) -> dict[str, str]:
 
 
 def add_config_options(parser: argparse.ArgumentParser, config_type: type, prefix: str,
-                       skip: Sequence[str] = ()) -> None:
-    """One ``--option`` per dataclass field, typed from its default; dest = ``prefix + name``."""
+                       skip: Sequence[str] = (), shown_defaults: Mapping[str, str] | None = None
+                       ) -> None:
+    """One ``--option`` per dataclass field, typed from its default; dest = ``prefix + name``.
+    ``shown_defaults`` replaces the default the help names where something else (a method's
+    training defaults) sets the field."""
     docs = field_docs(config_type)
     for f in fields(config_type):
         if f.name in skip:
             continue
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        shown = (shown_defaults or {}).get(f.name, default)
+        help_text = f"{docs.get(f.name, '')} (default: {shown})"
         dest, metavar = prefix + f.name, f.name.upper()
         if isinstance(default, bool):
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,

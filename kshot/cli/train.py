@@ -18,6 +18,16 @@ from kshot.cli.common import (
 from kshot.errors import KShotError
 
 
+def method_train_defaults(method_cls) -> dict[str, str]:
+    """The training defaults a method sets, as ``--help`` names them: one value, or the 1-shot and
+    the 5-shot value where the shot changes it (MAML's queries, the LSTM meta-learner's
+    meta-batch)."""
+    one, five = method_cls.train_defaults(None, 1), method_cls.train_defaults(None, 5)
+    return {name: str(one.get(name)) if one.get(name) == five.get(name)
+            else f"{one.get(name)} at 1-shot, {five.get(name)} at 5-shot"
+            for name in one.keys() & five.keys()}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -113,7 +123,7 @@ def add_parser(commands) -> None:
                          "run that saw this split's test classes (--embedding-run) anyway")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
         add_runtime_options(sub)
-        add_config_options(sub, TrainConfig, "t_")
+        add_config_options(sub, TrainConfig, "t_", shown_defaults=method_train_defaults(cls))
         add_config_options(sub, cls.Config, "m_")
         sub.set_defaults(func=cmd_train)
 
