@@ -23,8 +23,8 @@ def method_train_defaults(method_cls) -> dict[str, str]:
     the 5-shot value where the shot changes it (MAML's queries, the LSTM meta-learner's
     meta-batch)."""
     one, five = method_cls.train_defaults(None, 1), method_cls.train_defaults(None, 5)
-    return {name: str(one.get(name)) if one.get(name) == five.get(name)
-            else f"{one.get(name)} at 1-shot, {five.get(name)} at 5-shot"
+    return {name: str(one[name]) if one[name] == five[name]
+            else f"{one[name]} at 1-shot, {five[name]} at 5-shot"
             for name in one.keys() & five.keys()}
 
 
