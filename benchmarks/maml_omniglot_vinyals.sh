@@ -7,7 +7,9 @@
 # paper, with its settings: 5-way 1 inner step, alpha 0.4, meta-batch 32; 20-way 5 steps, alpha
 # 0.1, meta-batch 16; queries = shots; Adam 1e-3; second order, after a first-order warm-up of
 # WARMUP episodes if set (default 0: on these 2 cores first order learns far less per second than
-# second order); and a first-order 5w1s model. At most BUDGET seconds (default 7200) of training
+# second order); and a first-order 5w1s model (fo5w1s). MODELS=ms5w1s trains a Meta-SGD one (Li et
+# al. 2017: --meta-sgd, a learned inner rate per parameter element, initialised to alpha; one
+# inner step at test, as they evaluate, where the MAML models take 3). At most BUDGET seconds (default 7200) of training
 # each, JOBS (default 2) side by side on THREADS (default 2) cores. Validation every 16000 episodes
 # (500 meta-iterations) of the 5-way models, every 3200 (200 meta-iterations) of the 20-way 1-shot
 # one, whose meta-iterations are ~20 times the work, every 640 (40 meta-iterations, ~30 minutes on
@@ -22,8 +24,9 @@
 # keeps its last checkpoint, so set a schedule that ends within the budget (SCHEDULE=cosine).
 # Each model is then scored on 1000 test episodes of its own setting (15 queries per class, seeded
 # EVAL_SEED, default 123) with batch norm both ways (per-episode statistics, as the paper, and the
-# running averages): one `kshot eval --json` line each. The 5-way 1-shot models (second and first
-# order) are compared on the same episodes in one `kshot compare --json` (table on stderr).
+# running averages): one `kshot eval --json` line each. The 5-way 1-shot models (second order, first
+# order, Meta-SGD: those in MODELS) are compared on the same episodes in one `kshot compare --json`
+# (table on stderr) when there are two or more.
 # Re-run with another EVAL_SEED to re-score the finished runs without retraining.
 # usage: bash benchmarks/maml_omniglot_vinyals.sh OUT
 set -euo pipefail
@@ -41,19 +44,24 @@ declare -A args=(
   [20w1s]="--ways 20 --shots 1 --val-every 3200 --first-order-episodes $warmup"
   [20w5s]="--ways 20 --shots 5 --val-every 640 --task-chunk 4 --first-order-episodes $warmup"
   [fo5w1s]="--ways 5 --shots 1 --val-every 16000 --first-order"
+  [ms5w1s]="--ways 5 --shots 1 --val-every 16000 --first-order-episodes $warmup --meta-sgd --test-inner-steps 1"
 )
 model_runs "$out" "maml ${common[*]}" $models
 train_queues "$jobs"
 [ -n "${TRAIN_ONLY:-}" ] && exit 0
 for model in $models; do
   run_summary "$out/$model"
-  ways=${model#fo}; ways=${ways%%w*}; shots=${model##*w}; shots=${shots%s}
+  ways=${model%%w*}; ways=${ways##*[a-z]}; shots=${model##*w}; shots=${shots%s}
   for norm in episode running; do
     kshot eval "$out/$model" --ways "$ways" --shots "$shots" --queries 15 --episodes 1000 \
       --seed "$seed" --threads "$threads" --set norm="$norm" --json
   done
 done
-if [[ " $models " == *" 5w1s "* && " $models " == *" fo5w1s "* ]]; then
-  kshot compare "$out/5w1s" "$out/fo5w1s" --ways 5 --shots 1 --queries 15 --episodes 1000 \
+compared=()
+for model in 5w1s fo5w1s ms5w1s; do
+  [[ " $models " == *" $model "* ]] && compared+=("$out/$model")
+done
+if [ "${#compared[@]}" -ge 2 ]; then
+  kshot compare "${compared[@]}" --ways 5 --shots 1 --queries 15 --episodes 1000 \
     --seed "$seed" --threads "$threads" --json
 fi
