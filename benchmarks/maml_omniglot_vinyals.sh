@@ -9,8 +9,8 @@
 # WARMUP episodes if set (default 0: on these 2 cores first order learns far less per second than
 # second order); and a first-order 5w1s model (fo5w1s). MODELS=ms5w1s trains a Meta-SGD one (Li et
 # al. 2017: --meta-sgd, a learned inner rate per parameter element, initialised to alpha; one
-# inner step at test, as they evaluate, where the MAML models take 3). At most BUDGET seconds (default 7200) of training
-# each, JOBS (default 2) side by side on THREADS (default 2) cores. Validation every 16000 episodes
+# inner step at test, as they evaluate, where the MAML models take 3). At most BUDGET seconds
+# (default 7200) of training each, JOBS (default 2) side by side on THREADS (default 2) cores. Validation every 16000 episodes
 # (500 meta-iterations) of the 5-way models, every 3200 (200 meta-iterations) of the 20-way 1-shot
 # one, whose meta-iterations are ~20 times the work, every 640 (40 meta-iterations, ~30 minutes on
 # one core) of the 20-way 5-shot one.

@@ -5,9 +5,9 @@
 # updates. One model per setting, 5-way 1-shot and 5-way 5-shot, each trained with its own shot
 # (15 queries per class, Adam 1e-3; the method's defaults: at 1-shot the paper's 1 episode per step
 # with the meta-gradient's norm clipped to 0.25, at 5-shot 4 episodes per step, unclipped; the
-# 1-shot runs in BENCHMARKS.md before its sixteenth session took META_BATCH=4 GRAD_CLIP=0)
-# for at most BUDGET seconds (default 7200), JOBS
-# (default 2) side by side on THREADS (default 2) cores; MODELS (default "5w1s 5w5s") picks them.
+# 1-shot runs in BENCHMARKS.md before its sixteenth session took META_BATCH=4 GRAD_CLIP=0) for at
+# most BUDGET seconds (default 7200), JOBS (default 2) side by side on THREADS (default 2) cores;
+# MODELS (default "5w1s 5w5s") picks them.
 # Each model is scored on 1000 test episodes of its setting (15 queries, seeded EVAL_SEED, default
 # 123): one `kshot eval --json` line each. With MAML=DIR (the maml_omniglot_vinyals.sh output
 # folder), one `kshot compare --json` per setting sets the LSTM meta-learner beside MAML's model
