@@ -9,7 +9,10 @@
 # WARMUP episodes if set (default 0: on these 2 cores first order learns far less per second than
 # second order); and a first-order 5w1s model (fo5w1s). MODELS=ms5w1s trains a Meta-SGD one (Li et
 # al. 2017: --meta-sgd, a learned inner rate per parameter element, initialised to alpha; one
-# inner step at test, as they evaluate, where the MAML models take 3). At most BUDGET seconds
+# inner step at test, as they evaluate, where the MAML models take 3). MODELS=1step20w1s trains
+# second-order MAML 20-way 1-shot with the 5-way inner loop (1 step of alpha 0.4 in training, 3 at
+# test): about a quarter of the paper's 20-way meta-iteration (5 steps of alpha 0.1), for budgets
+# that hold too few of those. At most BUDGET seconds
 # (default 7200) of training each, JOBS (default 2) side by side on THREADS (default 2) cores. Validation every 16000 episodes
 # (500 meta-iterations) of the 5-way models, every 3200 (200 meta-iterations) of the 20-way 1-shot
 # one, whose meta-iterations are ~20 times the work, every 640 (40 meta-iterations, ~30 minutes on
@@ -44,6 +47,7 @@ declare -A args=(
   [20w1s]="--ways 20 --shots 1 --val-every 3200 --first-order-episodes $warmup"
   [20w5s]="--ways 20 --shots 5 --val-every 640 --task-chunk 4 --first-order-episodes $warmup"
   [fo5w1s]="--ways 5 --shots 1 --val-every 16000 --first-order"
+  [1step20w1s]="--ways 20 --shots 1 --val-every 12800 --first-order-episodes $warmup --inner-steps 1 --inner-lr 0.4 --test-inner-steps 3"
   [ms5w1s]="--ways 5 --shots 1 --val-every 16000 --first-order-episodes $warmup --meta-sgd --test-inner-steps 1"
 )
 model_runs "$out" "maml ${common[*]}" $models
