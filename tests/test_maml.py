@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import grad
 
@@ -558,7 +559,7 @@ def test_episode_of_another_way_raises() -> None:
     ("inner_steps", -1, "--inner-steps"), ("first_order_episodes", -5, "--first-order-episodes"),
     ("n_way", 0, "--n-way"), ("hidden", 0, "--hidden"), ("mlp", (40, 0), "--mlp"),
     ("inner_lr", float("nan"), "--inner-lr"), ("norm", "batch", "--norm"),
-    ("downsample", "avg", "--downsample"),
+    ("downsample", "avg", "--downsample"), ("inner_loss", "sum", "--inner-loss"),
 ])
 def test_config_validation_names_the_option(option, value, flag) -> None:
     with pytest.raises(KShotError, match=flag):
@@ -609,6 +610,30 @@ def test_finn_omniglot_network_strides_and_is_what_kshot_train_builds() -> None:
     assert MAML.config_defaults(TrainConfig(ways=5))["downsample"] == "stride"
     with pytest.raises(KShotError, match="downsample"):
         Conv4(1, 28, 64, "average")
+
+
+def test_class_sum_support_loss_is_finn_et_al_s_scale() -> None:
+    """Finn et al.'s inner loss sums the support items' cross-entropy over K (N times the mean):
+    a step of α on it is a step of N·α on the mean, in training and at test; regression keeps the
+    mean, and so do configs without the field."""
+    episode = _random_images(2, n_way=5, shots=2, queries=2, seed=3)
+    summed = _maml({"n_way": 5, "hidden": 8, "inner_loss": "class_sum"}, IMAGE)
+    mean = _maml({"n_way": 5, "hidden": 8, "inner_lr": 5 * 0.4}, IMAGE)
+    logits = summed.net(episode.support_x[0])
+    definition = F.cross_entropy(logits, episode.support_y[0], reduction="sum") / 2
+    torch.testing.assert_close(summed.support_scale * F.cross_entropy(logits, episode.support_y[0]),
+                               definition)
+    torch.testing.assert_close(_flat(_meta_gradient(summed, episode)),
+                               _flat(_meta_gradient(mean, episode)))
+    summed.eval(), mean.eval()
+    torch.testing.assert_close(summed(episode.support_x, episode.support_y, episode.query_x),
+                               mean(episode.support_x, episode.support_y, episode.query_x))
+    plain = _maml({"n_way": 5, "hidden": 8}, IMAGE)
+    assert not torch.allclose(_flat(_meta_gradient(plain, episode)),
+                              _flat(_meta_gradient(summed, episode)))
+    assert _maml({"inner_loss": "class_sum"}).support_scale == 1  # regression: the mean
+    assert MAMLConfig().inner_loss == "mean"
+    assert "inner_loss" not in MAML.config_defaults(TrainConfig(ways=20))
 
 
 # --- learning ----------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ from kshot.methods.base import Learner, accuracy, register
 from kshot.nn.backbones import DOWNSAMPLES, Conv4
 from kshot.nn.functional import NORMS, CompiledTraining, TaskModel, sgd_step
 
+INNER_LOSSES = ("mean", "class_sum")
+
 
 @dataclass
 class MAMLConfig:
@@ -54,6 +56,15 @@ class MAMLConfig:
     10 on sinusoid)."""
     test_inner_lr: float = 0.0
     """Inner learning rate at test (0: the training one)."""
+    inner_loss: str = "mean"
+    """The support loss the inner steps descend (classification; regression takes the mean): mean
+    (the mean cross-entropy of the N·K support items, as learn2learn and most PyTorch code) or
+    class_sum (the items' sum divided by K, N times the mean: Finn et al.'s code, whose ``xent`` is
+    per item over ``update_batch_size`` and whose ``tf.gradients`` sums it, so their α = 0.4
+    (5-way) and 0.1 (20-way) are steps of 2.0 on the mean). The outer loss is the mean either way
+    (Adam does not see its scale). Mean is the default: on the max-pooled Conv4, whose every
+    parameter (batch norm's included) adapts, class_sum at 5-way 1-shot trained far slower
+    (BENCHMARKS.md, eighteenth session)."""
     first_order: bool = False
     """First-order MAML: the inner gradients are constants for the outer update."""
     first_order_episodes: int = 0
@@ -80,6 +91,7 @@ class MAMLConfig:
                      first_order_episodes=NON_NEGATIVE, hidden=AT_LEAST_ONE, mlp=AT_LEAST_ONE)
         check_choice(self, "norm", NORMS)
         check_choice(self, "downsample", DOWNSAMPLES)
+        check_choice(self, "inner_loss", INNER_LOSSES)
 
 
 def paper_schedule(config: MAMLConfig, regression: bool) -> tuple[int, float, int, float]:
@@ -135,6 +147,9 @@ class MAML(CompiledTraining, Learner):
         self.net, self.regression = build_task_model(config, item_shape)
         self.model = TaskModel(self.net, config.norm)
         self.steps, self.lr, self.test_steps, self.test_lr = paper_schedule(config, self.regression)
+        # class_sum: the support items' summed loss over K, N times their mean (MAMLConfig.inner_loss)
+        self.support_scale = (config.n_way if config.inner_loss == "class_sum"
+                              and not self.regression else 1)
         self.inner_rates = None
         if config.meta_sgd:
             self.inner_rates = nn.ParameterDict({
@@ -188,7 +203,8 @@ class MAML(CompiledTraining, Learner):
     def adapt(self, params, support_x, support_y, steps: int, rates, first_order: bool):
         """``steps`` gradient steps of one task's support loss from ``params`` (inside vmap)."""
         def support_loss(p):
-            return self.task_loss(self.model(p, support_x), support_y)
+            loss = self.task_loss(self.model(p, support_x), support_y)
+            return loss * self.support_scale if self.support_scale != 1 else loss
 
         for _ in range(steps):
             params = sgd_step(params, grad(support_loss)(params), rates, first_order)
