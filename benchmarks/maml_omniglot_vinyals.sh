@@ -15,7 +15,7 @@
 # that hold too few of those. At most BUDGET seconds
 # (default 7200) of training each, JOBS (default 2) side by side on THREADS (default 2) cores. Validation every 16000 episodes
 # (500 meta-iterations) of the 5-way models, every 3200 (200 meta-iterations) of the 20-way 1-shot
-# one, whose meta-iterations are ~20 times the work, every 640 (40 meta-iterations, ~30 minutes on
+# one, whose meta-iterations are ~20 times the work (6400 for 1step20w1s), every 640 (40 meta-iterations, ~30 minutes on
 # one core) of the 20-way 5-shot one.
 # The 20-way 5-shot model trains its meta-batch of 16 in chunks of 4 tasks (the same gradient; one
 # pass of all 16 holds ~20 GB of second-order graphs).
@@ -47,7 +47,7 @@ declare -A args=(
   [20w1s]="--ways 20 --shots 1 --val-every 3200 --first-order-episodes $warmup"
   [20w5s]="--ways 20 --shots 5 --val-every 640 --task-chunk 4 --first-order-episodes $warmup"
   [fo5w1s]="--ways 5 --shots 1 --val-every 16000 --first-order"
-  [1step20w1s]="--ways 20 --shots 1 --val-every 12800 --first-order-episodes $warmup --inner-steps 1 --inner-lr 0.4 --test-inner-steps 3"
+  [1step20w1s]="--ways 20 --shots 1 --val-every 6400 --first-order-episodes $warmup --inner-steps 1 --inner-lr 0.4 --test-inner-steps 3"
   [ms5w1s]="--ways 5 --shots 1 --val-every 16000 --first-order-episodes $warmup --meta-sgd --test-inner-steps 1"
 )
 model_runs "$out" "maml ${common[*]}" $models
