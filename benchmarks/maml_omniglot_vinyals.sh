@@ -12,11 +12,11 @@
 # inner step at test, as they evaluate, where the MAML models take 3). MODELS=1step20w1s trains
 # second-order MAML 20-way 1-shot with the 5-way inner loop (1 step of alpha 0.4 in training, 3 at
 # test): about a quarter of the paper's 20-way meta-iteration (5 steps of alpha 0.1), for budgets
-# that hold too few of those. At most BUDGET seconds
-# (default 7200) of training each, JOBS (default 2) side by side on THREADS (default 2) cores. Validation every 16000 episodes
-# (500 meta-iterations) of the 5-way models, every 3200 (200 meta-iterations) of the 20-way 1-shot
-# one, whose meta-iterations are ~20 times the work (6400 for 1step20w1s), every 640 (40 meta-iterations, ~30 minutes on
-# one core) of the 20-way 5-shot one.
+# that hold too few of those. At most BUDGET seconds (default 7200) of training each, JOBS
+# (default 2) side by side on THREADS (default 2) cores. Validation every 16000 episodes (500
+# meta-iterations) of the 5-way models, every 3200 (200 meta-iterations) of the 20-way 1-shot one,
+# whose meta-iterations are ~20 times the work (6400 for 1step20w1s), every 640 (40
+# meta-iterations, ~30 minutes on one core) of the 20-way 5-shot one.
 # The 20-way 5-shot model trains its meta-batch of 16 in chunks of 4 tasks (the same gradient; one
 # pass of all 16 holds ~20 GB of second-order graphs).
 # MODELS (default "5w1s 5w5s 20w1s 20w5s fo5w1s") picks the models. SCHEDULE (default constant, as
