@@ -81,12 +81,14 @@ def _random_images(tasks: int, n_way: int = 5, shots: int = 1, queries: int = 2,
 # --- the meta-gradient -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("inner_steps", [1, 2])
-def test_meta_gradient_matches_finite_differences(inner_steps: int) -> None:
+@pytest.mark.parametrize("inner_steps, inner_params", [(1, "all"), (2, "all"), (2, "head")])
+def test_meta_gradient_matches_finite_differences(inner_steps: int, inner_params: str) -> None:
     """The second-order meta-gradient (query MSE after the inner steps, as a function of the
-    initial parameters) equals central finite differences of the meta-loss in float64; the
-    first-order gradient does not (it drops the inner gradient's own derivative)."""
-    learner = _maml({"mlp": (3,), "inner_steps": inner_steps, "inner_lr": 0.3}, seed=2).double()
+    initial parameters) equals central finite differences of the meta-loss in float64, also when
+    the inner steps adapt the head alone; the first-order gradient does not (it drops the inner
+    gradient's own derivative)."""
+    learner = _maml({"mlp": (3,), "inner_steps": inner_steps, "inner_lr": 0.3,
+                     "inner_params": inner_params}, seed=2).double()
     episode = _double(_sinusoids(5, 5, 1))
     analytic = _meta_gradient(learner, episode)
     assert learner.loss(episode)[0].dtype == torch.float64
@@ -560,6 +562,7 @@ def test_episode_of_another_way_raises() -> None:
     ("n_way", 0, "--n-way"), ("hidden", 0, "--hidden"), ("mlp", (40, 0), "--mlp"),
     ("inner_lr", float("nan"), "--inner-lr"), ("norm", "batch", "--norm"),
     ("downsample", "avg", "--downsample"), ("inner_loss", "sum", "--inner-loss"),
+    ("inner_params", "body", "--inner-params"),
 ])
 def test_config_validation_names_the_option(option, value, flag) -> None:
     with pytest.raises(KShotError, match=flag):
@@ -634,6 +637,45 @@ def test_class_sum_support_loss_is_finn_et_al_s_scale() -> None:
     assert _maml({"inner_loss": "class_sum"}).support_scale == 1  # regression: the mean
     assert MAMLConfig().inner_loss == "mean"
     assert "inner_loss" not in MAML.config_defaults(TrainConfig(ways=20))
+
+
+@pytest.mark.parametrize("which", ["no_norm", "head"])
+def test_inner_params_adapt_only_the_chosen_parameters(which: str) -> None:
+    """no_norm adapts every parameter but batch norm's, head the linear head alone (ANIL); the
+    rest pass through the inner steps untouched and are still trained by the outer loop; Meta-SGD
+    learns rates for the adapted parameters only; all is the default and adapts everything."""
+    learner = _maml({"n_way": 5, "hidden": 8, "inner_params": which}, IMAGE)
+    names = [name for name, _ in learner.net.named_parameters()]
+    norms = {name for name in names
+             if isinstance(learner.net.get_submodule(name.rpartition(".")[0]), TaskBatchNorm)}
+    assert len(norms) == 8  # weight and bias of 4 batch norms
+    expected = ["2.weight", "2.bias"] if which == "head" else [n for n in names if n not in norms]
+    assert list(learner.inner_names) == expected
+    assert list(_maml({"n_way": 5, "hidden": 8}, IMAGE).inner_names) == names
+    assert MAMLConfig().inner_params == "all"
+
+    episode = _random_images(2, n_way=5, shots=1, queries=2, seed=4)
+    sx, sy = episode.support_x[0], episode.support_y[0]
+    params = learner.model.parameters()
+    adapted = learner.adapt(params, sx, sy, 1, 0.4, first_order=False)
+    for name in names:
+        if name in expected:
+            assert not torch.equal(adapted[name], params[name]), name
+        else:
+            assert adapted[name] is params[name], name
+    if which == "head":  # θ' = θ − α ∇ of the support loss through the fixed features
+        features = learner.net[:2](sx).detach()
+        weight, bias = (params[n].detach().requires_grad_() for n in ("2.weight", "2.bias"))
+        F.cross_entropy(F.linear(features, weight, bias), sy).backward()
+        torch.testing.assert_close(adapted["2.weight"], weight - 0.4 * weight.grad)
+        torch.testing.assert_close(adapted["2.bias"], bias - 0.4 * bias.grad)
+    meta = _meta_gradient(learner, episode)
+    assert all(meta[f"net.{name}"].abs().sum() > 0 for name in names)
+
+    meta_sgd = _maml({"n_way": 5, "hidden": 8, "inner_params": which, "meta_sgd": True}, IMAGE)
+    assert sorted(meta_sgd.rates(test=False)) == sorted(expected)
+    meta = _meta_gradient(meta_sgd, episode)
+    assert all(meta[f"inner_rates.{name.replace('.', '/')}"].abs().sum() > 0 for name in expected)
 
 
 # --- learning ----------------------------------------------------------------------------------

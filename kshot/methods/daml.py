@@ -32,13 +32,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import grad
 
 from kshot.config import AT_LEAST_ONE, check_ranges
 from kshot.errors import KShotError
 from kshot.methods.base import register
 from kshot.methods.maml import MAML, MAMLConfig, regression_mlp
-from kshot.nn.functional import sgd_step
 
 
 @dataclass
@@ -84,9 +82,7 @@ class DAML(MAML):
         def objective(p):
             return self.adaptation_objective(p, support_x, support_y)
 
-        for _ in range(steps):
-            params = sgd_step(params, grad(objective)(params), rates, first_order)
-        return params
+        return self.descend(params, objective, steps, rates, first_order)
 
     def is_first_order(self) -> bool:
         return False

@@ -7,6 +7,10 @@ good model for that task: for each task of a meta-batch, θ'ᵢ = θ - α ∇θ 
 the inner gradients; first order (``--first-order``, or the first ``first_order_episodes`` of
 training as a warm-up) treats them as constants. With ``meta_sgd`` each parameter tensor gets its
 own learned element-wise inner rate α (initialised to ``inner_lr``), trained with θ.
+``inner_params`` chooses which parameters the inner steps adapt: all of them (the default), all but
+batch norm's (Finn et al.'s code, whose batch-norm variables are outside the adapted weights), or
+the head alone (ANIL, Raghu et al. 2020); the others are constants of the inner loop, learned by the
+outer loop only.
 
 The model is any ``nn.Module`` run through ``torch.func`` (:mod:`kshot.nn.functional`): no special
 layers, no module copies, the tasks of a meta-batch run as one vmapped pass. Batch norm follows
@@ -36,9 +40,10 @@ from kshot.config import AT_LEAST_ONE, NON_NEGATIVE, check_choice, check_ranges
 from kshot.data.episodes import Episode
 from kshot.methods.base import Learner, accuracy, register
 from kshot.nn.backbones import DOWNSAMPLES, Conv4
-from kshot.nn.functional import NORMS, CompiledTraining, TaskModel, sgd_step
+from kshot.nn.functional import NORMS, CompiledTraining, TaskBatchNorm, TaskModel, sgd_step
 
 INNER_LOSSES = ("mean", "class_sum")
+INNER_PARAMS = ("all", "no_norm", "head")
 
 
 @dataclass
@@ -65,6 +70,13 @@ class MAMLConfig:
     (Adam does not see its scale). Mean is the default: on the max-pooled Conv4, whose every
     parameter (batch norm's included) adapts, class_sum at 5-way 1-shot trained far slower
     (BENCHMARKS.md, eighteenth session)."""
+    inner_params: str = "all"
+    """The parameters the inner steps adapt: all; no_norm (all but batch norm's, learned by the
+    outer loop only: Finn et al.'s code, whose ``tf.contrib.layers.batch_norm`` variables are
+    outside the dictionary of adapted weights, and whose batch norm has no scale, where kshot's
+    keeps one); or head (the last layer alone: ANIL, Raghu et al. 2020, "almost no inner loop",
+    whose inner steps do not differentiate through the body). Meta-SGD learns rates for the adapted
+    parameters only."""
     first_order: bool = False
     """First-order MAML: the inner gradients are constants for the outer update."""
     first_order_episodes: int = 0
@@ -92,6 +104,7 @@ class MAMLConfig:
         check_choice(self, "norm", NORMS)
         check_choice(self, "downsample", DOWNSAMPLES)
         check_choice(self, "inner_loss", INNER_LOSSES)
+        check_choice(self, "inner_params", INNER_PARAMS)
 
 
 def paper_schedule(config: MAMLConfig, regression: bool) -> tuple[int, float, int, float]:
@@ -115,6 +128,23 @@ def regression_mlp(in_features: int, hidden: tuple[int, ...], out_features: int 
         layers += [nn.Linear(in_features, width), nn.ReLU()]
         in_features = width
     return nn.Sequential(*layers, nn.Linear(in_features, out_features), nn.Flatten(0))
+
+
+def inner_parameter_names(net: nn.Module, which: str) -> tuple[str, ...]:
+    """The names of the parameters of ``net`` that the inner steps adapt (``MAMLConfig.inner_params``):
+    all, all but those of batch-norm layers, or those of the last module that holds parameters
+    (the head)."""
+    names = [name for name, _ in net.named_parameters()]
+    if which == "all":
+        return tuple(names)
+    owners = [(prefix, module) for prefix, module in net.named_modules()
+              if next(module.parameters(recurse=False), None) is not None]
+    if which == "head":
+        kept = {owners[-1][0]}
+    else:
+        norms = (TaskBatchNorm, nn.modules.batchnorm._BatchNorm)
+        kept = {prefix for prefix, module in owners if not isinstance(module, norms)}
+    return tuple(name for name in names if name.rpartition(".")[0] in kept)
 
 
 def build_task_model(config: MAMLConfig, item_shape: tuple[int, ...]) -> tuple[nn.Module, bool]:
@@ -150,11 +180,12 @@ class MAML(CompiledTraining, Learner):
         # class_sum: the support items' summed loss over K, N times their mean (MAMLConfig.inner_loss)
         self.support_scale = (config.n_way if config.inner_loss == "class_sum"
                               and not self.regression else 1)
+        self.inner_names = inner_parameter_names(self.net, config.inner_params)
         self.inner_rates = None
         if config.meta_sgd:
             self.inner_rates = nn.ParameterDict({
                 name.replace(".", "/"): nn.Parameter(torch.full_like(p, self.lr))
-                for name, p in self.net.named_parameters()})
+                for name, p in self.net.named_parameters() if name in self.inner_names})
         self.episodes_seen = 0
 
     # ------------------------------------------------------------------ the contract's extras
@@ -206,9 +237,20 @@ class MAML(CompiledTraining, Learner):
             loss = self.task_loss(self.model(p, support_x), support_y)
             return loss * self.support_scale if self.support_scale != 1 else loss
 
+        return self.descend(params, support_loss, steps, rates, first_order)
+
+    def descend(self, params, objective, steps: int, rates, first_order: bool):
+        """``steps`` gradient steps of ``objective(params)`` on the inner parameters
+        (``inner_params``); the others pass through unchanged, constants of the inner loop."""
+        fixed = {name: p for name, p in params.items() if name not in self.inner_names}
+        inner = {name: p for name, p in params.items() if name in self.inner_names}
+
+        def inner_objective(p):
+            return objective({**fixed, **p})
+
         for _ in range(steps):
-            params = sgd_step(params, grad(support_loss)(params), rates, first_order)
-        return params
+            inner = sgd_step(inner, grad(inner_objective)(inner), rates, first_order)
+        return {**fixed, **inner}
 
     def adapted_outputs(self, support_x, support_y, query_x, steps: int, rates,
                         first_order: bool) -> torch.Tensor:
