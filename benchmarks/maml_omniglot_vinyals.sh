@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # MAML (Finn et al. 2017) on Omniglot, the published Vinyals split (train 1028 characters x 4
-# rotations, validation 172 x 4 selecting the checkpoint, test 423 x 4 = 1692 classes), 28x28,
-# the paper's Omniglot network: Conv4 (64 filters) with stride-2 convolutions in place of the
-# max-pools, the last map averaged, + linear head (kshot train maml's default since 2026-12-06;
-# DOWNSAMPLE=max trains the max-pooled Conv4 of the runs before). One model per setting of the
-# paper, with its settings: 5-way 1 inner step, alpha 0.4, meta-batch 32; 20-way 5 steps, alpha
-# 0.1, meta-batch 16; queries = shots; Adam 1e-3; second order, after a first-order warm-up of
-# WARMUP episodes if set (default 0: on these 2 cores first order learns far less per second than
-# second order); and a first-order 5w1s model (fo5w1s). MODELS=ms5w1s trains a Meta-SGD one (Li et
-# al. 2017: --meta-sgd, a learned inner rate per parameter element, initialised to alpha; one
-# inner step at test, as they evaluate, where the MAML models take 3). MODELS=1step20w1s trains
-# second-order MAML 20-way 1-shot with the 5-way inner loop (1 step of alpha 0.4 in training, 3 at
-# test): about a quarter of the paper's 20-way meta-iteration (5 steps of alpha 0.1), for budgets
-# that hold too few of those. At most BUDGET seconds (default 7200) of training each, JOBS
-# (default 2) side by side on THREADS (default 2) cores. Validation every 16000 episodes (500
-# meta-iterations) of the 5-way models, every 3200 (200 meta-iterations) of the 20-way 1-shot one,
-# whose meta-iterations are ~20 times the work (6400 for 1step20w1s), every 640 (40
-# meta-iterations, ~30 minutes on one core) of the 20-way 5-shot one.
+# rotations, validation 172 x 4 selecting the checkpoint, test 423 x 4 = 1692 classes), 28x28, the
+# paper's Omniglot network: Conv4 (64 filters) with stride-2 convolutions in place of the max-pools,
+# the last map averaged, + linear head (kshot train maml's default since 2026-12-06; DOWNSAMPLE=max
+# trains the max-pooled Conv4 of the runs before). One model per setting of the paper, with its
+# settings: 5-way 1 inner step, alpha 0.4, meta-batch 32; 20-way 5 steps, alpha 0.1, meta-batch 16;
+# queries = shots; Adam 1e-3; second order, after a first-order warm-up of WARMUP episodes if set
+# (default 0: on these 2 cores first order learns far less per second than second order); and a
+# first-order 5w1s model (fo5w1s). MODELS=ms5w1s trains a Meta-SGD one (Li et al. 2017: --meta-sgd,
+# a learned inner rate per parameter element, initialised to alpha; one inner step at test, as they
+# evaluate, where the MAML models take 3). MODELS=1step20w1s trains second-order MAML 20-way 1-shot
+# with the 5-way inner loop (1 step of alpha 0.4 in training, 3 at test): about a quarter of the
+# paper's 20-way meta-iteration (5 steps of alpha 0.1), for budgets that hold too few of those;
+# MODELS=1step20w5s the same at 20-way 5-shot. At most BUDGET seconds (default 7200) of training
+# each, JOBS (default 2) side by side on THREADS (default 2) cores. Validation every 16000 episodes
+# (500 meta-iterations) of the 5-way models, every 3200 (200 meta-iterations) of the 20-way 1-shot
+# one, whose meta-iterations are ~20 times the work (6400 for 1step20w1s, 3200 for 1step20w5s),
+# every 640 (40 meta-iterations, ~30 minutes on one core) of the 20-way 5-shot one.
 # The 20-way 5-shot model trains its meta-batch of 16 in chunks of 4 tasks (the same gradient; one
 # pass of all 16 holds ~20 GB of second-order graphs).
 # MODELS (default "5w1s 5w5s 20w1s 20w5s fo5w1s") picks the models. SCHEDULE (default constant, as
@@ -48,6 +48,7 @@ declare -A args=(
   [20w5s]="--ways 20 --shots 5 --val-every 640 --task-chunk 4 --first-order-episodes $warmup"
   [fo5w1s]="--ways 5 --shots 1 --val-every 16000 --first-order"
   [1step20w1s]="--ways 20 --shots 1 --val-every 6400 --first-order-episodes $warmup --inner-steps 1 --inner-lr 0.4 --test-inner-steps 3"
+  [1step20w5s]="--ways 20 --shots 5 --val-every 3200 --task-chunk 4 --first-order-episodes $warmup --inner-steps 1 --inner-lr 0.4 --test-inner-steps 3"
   [ms5w1s]="--ways 5 --shots 1 --val-every 16000 --first-order-episodes $warmup --meta-sgd --test-inner-steps 1"
 )
 model_runs "$out" "maml ${common[*]}" $models
