@@ -25,6 +25,9 @@
 # TRAIN_ON=trainval trains on all 1200 characters the papers train on (Vinyals et al., Finn et
 # al.: 1028 train + 172 validation, x 4 rotations); such a run has no validation classes left and
 # keeps its last checkpoint, so set a schedule that ends within the budget (SCHEDULE=cosine).
+# TRAIN_ARGS adds `kshot train` arguments to every model's, e.g. TRAIN_ARGS="--precision bf16
+# --augment affine --aug-translate 0.5" (mixed precision, Koch et al.'s distortions of the
+# training images).
 # Each model is then scored on 1000 test episodes of its own setting (15 queries per class, seeded
 # EVAL_SEED, default 123) with batch norm both ways (per-episode statistics, as the paper, and the
 # running averages): one `kshot eval --json` line each. The 5-way 1-shot models (second order, first
@@ -38,9 +41,10 @@ source "$(dirname "$0")/common.sh"
 budget=${BUDGET:-7200}
 warmup=${WARMUP:-0}
 models=${MODELS:-"5w1s 5w5s 20w1s 20w5s fo5w1s"}
+# shellcheck disable=SC2206  # TRAIN_ARGS is split into arguments on purpose
 common=(--dataset omniglot --split vinyals --image-size 28 --seed 0 --threads "$per_job"
         --episodes "${EPISODES:-1920000}" --schedule "${SCHEDULE:-constant}" --downsample "${DOWNSAMPLE:-stride}" --val-episodes 200 --train-on "${TRAIN_ON:-train}"
-        --time-budget "$budget")
+        --time-budget "$budget" ${TRAIN_ARGS:-})
 declare -A args=(
   [5w1s]="--ways 5 --shots 1 --val-every 16000 --first-order-episodes $warmup"
   [5w5s]="--ways 5 --shots 5 --val-every 16000 --first-order-episodes $warmup"
